@@ -1,0 +1,1 @@
+"""agents subsystem (see ARCHITECTURE.md)."""

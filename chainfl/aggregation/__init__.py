@@ -1,0 +1,1 @@
+"""aggregation subsystem (see ARCHITECTURE.md)."""

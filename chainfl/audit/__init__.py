@@ -1,0 +1,1 @@
+"""audit subsystem (see ARCHITECTURE.md)."""

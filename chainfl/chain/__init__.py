@@ -1,0 +1,1 @@
+"""chain subsystem (see ARCHITECTURE.md)."""

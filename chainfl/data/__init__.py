@@ -1,0 +1,1 @@
+"""data subsystem (see ARCHITECTURE.md)."""

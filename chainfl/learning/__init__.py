@@ -1,0 +1,1 @@
+"""learning subsystem (see ARCHITECTURE.md)."""

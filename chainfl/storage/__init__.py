@@ -1,0 +1,1 @@
+"""storage subsystem (see ARCHITECTURE.md)."""

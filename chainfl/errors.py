@@ -85,6 +85,14 @@ class IntegrityError(StoreError):
         self.actual = actual
 
 
+class InvalidCidError(StoreError):
+    """A string is not a CID chainfl can address (CIDv1, raw or dag-pb, sha2-256)."""
+
+    def __init__(self, message: str, *, cid: str):
+        super().__init__(message)
+        self.cid = cid
+
+
 class CodecError(ChainflError):
     """A model blob is malformed or does not fit the expected model (names, shapes, dtypes)."""
 

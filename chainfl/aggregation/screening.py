@@ -1,0 +1,106 @@
+"""Update screening: score each update against the robust centre and flag outliers.
+
+For updates ``u_i`` (flat model vectors) and the round's global model ``reference``:
+
+* ``norm``      ``||u_i - reference||``              (how far the node moved the model)
+* ``distance``  ``||u_i - centre||``                 (centre = coordinate-wise median of the u_i)
+* ``cosine``    ``cos(u_i - reference, centre - reference)``   (does it move the same way?)
+
+Each score becomes a robust z-score ``(x - median) / (1.4826 * MAD)`` over the round. An update is
+flagged when its norm or distance z-score exceeds ``z_max`` **and** the value is at least
+``min_ratio`` times the round's median (so a round of near-identical honest updates, where the MAD
+is tiny, does not flag the slightly-different ones), or when its cosine is below ``min_cosine``.
+Pure and deterministic: same updates in any order -> same flags (reported in the caller's order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from chainfl.aggregation.rules import _stack, canonical_order
+from chainfl.errors import LearningError
+
+MAD_SCALE = 1.4826  # MAD of a normal distribution -> its standard deviation
+
+
+@dataclass(frozen=True)
+class ScreenConfig:
+    """When an update counts as an outlier."""
+
+    z_max: float = 3.5          # robust z-score above which norm/distance is suspicious
+    min_ratio: float = 1.5      # ... and only if it is this many times the round's median
+    min_cosine: float = -0.2    # cosine to the centre's direction below this is flagged
+    min_updates: int = 4        # fewer updates than this: no statistics, nothing flagged
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ScreenResult:
+    flagged: list[bool]                          # per update, caller's order
+    scores: list[dict]                           # per update: norm, distance, cosine, z-scores, reasons
+    centre: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def n_flagged(self) -> int:
+        return int(sum(self.flagged))
+
+
+def robust_z(x: np.ndarray) -> np.ndarray:
+    """``(x - median) / (1.4826 * MAD)``; a zero MAD gives 0 where x == median and +-inf elsewhere."""
+    x = np.asarray(x, dtype=np.float64)
+    med = np.median(x)
+    mad = MAD_SCALE * np.median(np.abs(x - med))
+    dev = x - med
+    if mad > 0:
+        return dev / mad
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(dev == 0, 0.0, np.sign(dev) * np.inf)
+
+
+def screen(updates: Sequence[np.ndarray], reference: np.ndarray | None = None,
+           config: ScreenConfig = ScreenConfig(), keys: Sequence | None = None) -> ScreenResult:
+    """Score every update and flag the outliers (see the module docstring)."""
+    n = len(updates)
+    order = canonical_order(updates, keys)
+    U = _stack([updates[i] for i in order]).astype(np.float64)        # [n, p] canonical order
+    centre = np.median(U, axis=0)                                     # [p]
+    ref = centre if reference is None else np.asarray(reference, dtype=np.float64)
+    if ref.shape != centre.shape:
+        raise LearningError(f"reference has {ref.size} values, updates have {centre.size}")
+    deltas = U - ref
+    norm = np.sqrt(np.einsum("ij,ij->i", deltas, deltas))
+    diff = U - centre
+    dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    cdir = centre - ref
+    cnorm = float(np.sqrt(cdir @ cdir))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.where((norm > 0) & (cnorm > 0), deltas @ cdir / (norm * cnorm), 1.0)
+
+    flagged_c = np.zeros(n, dtype=bool)
+    reasons_c: list[list[str]] = [[] for _ in range(n)]
+    zn = robust_z(norm) if n >= config.min_updates else np.zeros(n)
+    zd = robust_z(dist) if n >= config.min_updates else np.zeros(n)
+    if n >= config.min_updates:
+        med_n, med_d = np.median(norm), np.median(dist)
+        for i in range(n):
+            if zn[i] > config.z_max and norm[i] >= config.min_ratio * med_n:
+                reasons_c[i].append(f"norm {norm[i]:.4g} is {norm[i] / max(med_n, 1e-300):.1f}x the median")
+            if zd[i] > config.z_max and dist[i] >= config.min_ratio * med_d:
+                reasons_c[i].append(f"distance to centre {dist[i]:.4g} (z={zd[i]:.1f})")
+            if cos[i] < config.min_cosine:
+                reasons_c[i].append(f"cosine to the centre's direction {cos[i]:.2f}")
+            flagged_c[i] = bool(reasons_c[i])
+
+    flagged = [False] * n
+    scores: list[dict] = [{} for _ in range(n)]
+    for c, i in enumerate(order):
+        flagged[i] = bool(flagged_c[c])
+        scores[i] = {"norm": float(norm[c]), "distance": float(dist[c]), "cosine": float(cos[c]),
+                     "z_norm": float(zn[c]), "z_distance": float(zd[c]),
+                     "reasons": reasons_c[c]}
+    return ScreenResult(flagged=flagged, scores=scores, centre=centre.astype(np.float32))

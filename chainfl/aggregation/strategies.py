@@ -1,0 +1,174 @@
+"""Strategies: the aggregation *policy* around the pure rules.
+
+A :class:`Strategy` says how many updates a round needs, how updates are weighted, whether they
+are screened (flagged updates are excluded and reported per node) and clipped, which rule reduces
+them, and a server step size. It is fully described by :meth:`Strategy.spec` (JSON-able), so an
+auditor can rebuild it with :meth:`Strategy.from_spec` and recompute every aggregate bit for bit.
+
+    result = STRATEGIES["screened-fedavg"]().aggregate(updates, reference=global_vec)
+    result.vector, result.included, result.flagged, result.scores
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from chainfl.aggregation import rules as R
+from chainfl.aggregation.screening import ScreenConfig, screen
+from chainfl.errors import LearningError
+
+WEIGHTINGS = ("samples", "uniform")
+
+
+@dataclass(frozen=True)
+class Update:
+    """One node's submission for a round."""
+
+    node: str                         # who sent it (an address in the agents, any label here)
+    digest: bytes | str | None        # canonical sort key (the blob's sha256); None = vector bytes
+    state_vec: np.ndarray             # flat float32 model vector (learning.models.flatten)
+    n_samples: int                    # claimed training rows (the FedAvg weight)
+
+
+@dataclass
+class AggregateResult:
+    vector: np.ndarray                       # the new global model, flat float32
+    included: list[str]                      # nodes whose update entered the rule, sorted
+    flagged: list[str]                       # nodes excluded by screening, sorted
+    scores: dict[str, dict] = field(default_factory=dict)   # node -> screening scores / reasons
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """Aggregation policy; see the module docstring."""
+
+    name: str                                 # label shown in results / on the task config
+    rule: str = "fedavg"                      # key of aggregation.rules.RULES
+    params: tuple = ()                        # rule parameters as sorted (key, value) pairs
+    min_updates: int = 1                      # fewer (after screening) -> LearningError
+    weighting: str = "samples"                # "samples" (FedAvg) or "uniform"
+    screening: ScreenConfig | None = None     # None = no screening
+    clip_factor: float = 0.0                  # >0: clip each delta to clip_factor x median norm
+    server_lr: float = 1.0                    # new = reference + server_lr * (rule(...) - reference)
+
+    def __post_init__(self):
+        if self.rule not in R.RULES:
+            raise LearningError(f"unknown rule {self.rule!r}; known: {', '.join(sorted(R.RULES))}")
+        if self.weighting not in WEIGHTINGS:
+            raise LearningError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if isinstance(self.params, dict):
+            object.__setattr__(self, "params", tuple(sorted(self.params.items())))
+
+    # ---- description ---------------------------------------------------------------------
+    def spec(self) -> dict:
+        return {"name": self.name, "rule": self.rule, "params": dict(self.params),
+                "min_updates": self.min_updates, "weighting": self.weighting,
+                "screening": None if self.screening is None else self.screening.to_dict(),
+                "clip_factor": self.clip_factor, "server_lr": self.server_lr}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Strategy":
+        s = dict(spec)
+        scr = s.pop("screening", None)
+        return cls(name=s.pop("name"), rule=s.pop("rule"), params=dict(s.pop("params", {})),
+                   screening=None if scr is None else ScreenConfig(**scr), **s)
+
+    # ---- the policy ----------------------------------------------------------------------
+    def _rule_params(self, n: int) -> dict:
+        p = dict(self.params)
+        if self.rule in ("krum", "multi-krum") and "f" not in p:
+            frac = float(p.pop("f_frac", 0.2))
+            p["f"] = max(0, min(int(np.floor(frac * n)), n - 3))
+        p.pop("f_frac", None)
+        if self.rule == "multi-krum" and p.get("m") is None and "m_frac" in p:
+            p["m"] = max(1, int(np.floor(float(p.pop("m_frac")) * n)))
+        p.pop("m_frac", None)
+        return p
+
+    def aggregate(self, updates: Sequence[Update], reference: np.ndarray | None = None) -> AggregateResult:
+        """Screen, clip, weight and reduce ``updates``; ``reference`` is the round's global model."""
+        if len(updates) == 0:
+            raise LearningError(f"strategy {self.name!r}: no updates this round")
+        nodes = [u.node for u in updates]
+        if len(set(nodes)) != len(nodes):
+            raise LearningError(f"strategy {self.name!r}: a node submitted twice in one round")
+        if (self.clip_factor > 0 or self.server_lr != 1.0) and reference is None:
+            raise LearningError(f"strategy {self.name!r} clips or scales against the global "
+                                "model: pass reference=")
+        vecs = [np.asarray(u.state_vec, dtype=np.float32) for u in updates]
+        keys = None if any(u.digest is None for u in updates) else [u.digest for u in updates]
+
+        # 1. screening
+        flagged_mask = [False] * len(updates)
+        scores: dict[str, dict] = {}
+        if self.screening is not None:
+            res = screen(vecs, reference, self.screening, keys)
+            flagged_mask = res.flagged
+            scores = {n: s for n, s in zip(nodes, res.scores)}
+        keep = [i for i, f in enumerate(flagged_mask) if not f]
+        if len(keep) < self.min_updates:
+            raise LearningError(f"strategy {self.name!r} needs {self.min_updates} updates, "
+                                f"{len(keep)} left after screening; wait for more nodes or lower min_updates")
+        kv = [vecs[i] for i in keep]
+        kk = None if keys is None else [keys[i] for i in keep]
+        kw = [float(updates[i].n_samples) if self.weighting == "samples" else 1.0 for i in keep]
+
+        # 2. optional norm clipping of each delta to clip_factor x the median delta norm
+        if self.clip_factor > 0:
+            ref = np.asarray(reference, dtype=np.float64)
+            norms = sorted(float(np.linalg.norm(v.astype(np.float64) - ref)) for v in kv)
+            bound = self.clip_factor * float(np.median(norms))
+            if bound > 0:
+                kv = [R.clip_norm(v, reference, bound) for v in kv]
+
+        # 3. the rule; which updates it actually used
+        p = self._rule_params(len(kv))
+        if self.rule in ("krum", "multi-krum"):
+            m = 1 if self.rule == "krum" else p.get("m")
+            sel = R.multi_krum_select(kv, p["f"], m, kk, kw)
+            used = [keep[i] for i in sel]
+        else:
+            used = keep
+        vec = R.RULES[self.rule](kv, kw, kk, **p)
+
+        # 4. server step
+        if self.server_lr != 1.0:
+            ref = np.asarray(reference, dtype=np.float64)
+            vec = (ref + self.server_lr * (vec.astype(np.float64) - ref)).astype(np.float32)
+
+        return AggregateResult(vector=vec, included=sorted(nodes[i] for i in used),
+                               flagged=sorted(nodes[i] for i, f in enumerate(flagged_mask) if f),
+                               scores=scores)
+
+
+def _factory(name: str, **defaults) -> Callable[..., Strategy]:
+    def make(**overrides) -> Strategy:
+        kw = {**defaults, **overrides}
+        params = {**dict(defaults.get("params", {})), **dict(overrides.get("params", {}))}
+        kw["params"] = params
+        return Strategy(name=name, **kw)
+    make.__doc__ = f"Strategy {name!r} (defaults {defaults}); keyword overrides allowed."
+    return make
+
+
+#: name -> factory(**overrides) -> Strategy
+STRATEGIES: dict[str, Callable[..., Strategy]] = {
+    "fedavg": _factory("fedavg", rule="fedavg"),
+    "median": _factory("median", rule="median"),
+    "trimmed-mean": _factory("trimmed-mean", rule="trimmed-mean", params={"beta": 0.2}),
+    "krum": _factory("krum", rule="krum", params={"f_frac": 0.2}),
+    "multi-krum": _factory("multi-krum", rule="multi-krum", params={"f_frac": 0.2}),
+    "screened-fedavg": _factory("screened-fedavg", rule="fedavg", screening=ScreenConfig()),
+    "clipped-fedavg": _factory("clipped-fedavg", rule="fedavg", clip_factor=2.0),
+    "screened-multi-krum": _factory("screened-multi-krum", rule="multi-krum",
+                                    params={"f_frac": 0.2}, screening=ScreenConfig()),
+}
+
+
+def get_strategy(name: str, **overrides) -> Strategy:
+    if name not in STRATEGIES:
+        raise LearningError(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
+    return STRATEGIES[name](**overrides)

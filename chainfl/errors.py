@@ -57,6 +57,20 @@ class DeploymentError(ChainError):
     """No registry is deployed where one was expected, or the code there is not chainfl's."""
 
 
+class TransactionReverted(TransactionError):
+    """A transaction reverted (at gas estimation or on chain), on any backend.
+
+    ``revert_data`` is the raw revert payload — 4-byte selector + ABI-encoded arguments, ``b""``
+    when the EVM gave none — identical on eth-tester, Ganache and Anvil; ``receipt`` is set when the
+    transaction was mined (status 0).
+    """
+
+    def __init__(self, message: str, *, revert_data: bytes = b"", receipt=None):
+        super().__init__(message)
+        self.revert_data = bytes(revert_data)
+        self.receipt = receipt
+
+
 # --- storage ---------------------------------------------------------------------------------
 class StoreError(ChainflError):
     """A problem with the content-addressed store."""

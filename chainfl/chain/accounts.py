@@ -1,0 +1,73 @@
+"""Accounts: development keys derived from the node mnemonic, and encrypted keystores.
+
+Development accounts follow the path every local node uses, ``m/44'/60'/0'/0/i``, so the same
+mnemonic (``ganache.env``'s ``MNEMONIC``) yields the same addresses on the embedded chain, Ganache
+and Anvil. For real networks use :func:`load_keystore` (an encrypted JSON keystore, as written by
+geth, ``cast wallet`` or ``eth_account.Account.encrypt``). Private keys are never printed or logged:
+:class:`LocalAccount`'s repr shows only the address.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+from eth_account import Account
+from eth_account.hdaccount import HDPath, seed_from_mnemonic
+from eth_account.signers.local import LocalAccount
+
+from chainfl.errors import ConfigError
+
+#: BIP-44 path prefix of Ethereum accounts used by Ganache, Anvil, Hardhat and MetaMask.
+HD_PATH_PREFIX = "m/44'/60'/0'/0"
+
+_lock = threading.Lock()
+_derived: dict[tuple[str, int], LocalAccount] = {}
+
+
+@lru_cache(maxsize=8)
+def _seed(mnemonic: str) -> bytes:
+    words = mnemonic.split()
+    if len(words) not in (12, 15, 18, 21, 24):
+        raise ConfigError(f"MNEMONIC must have 12-24 words, got {len(words)}; fix MNEMONIC in ganache.env")
+    try:
+        return seed_from_mnemonic(" ".join(words), "")
+    except Exception as e:  # eth_account raises ValidationError for bad checksums / words
+        raise ConfigError(f"MNEMONIC is not a valid BIP-39 phrase ({e}); fix MNEMONIC in ganache.env") from e
+
+
+def derive_account(mnemonic: str, index: int) -> LocalAccount:
+    """The account at ``m/44'/60'/0'/0/<index>`` of ``mnemonic`` (cached)."""
+    if index < 0:
+        raise ConfigError(f"account index must be >= 0, got {index}")
+    key = (mnemonic, index)
+    with _lock:
+        account = _derived.get(key)
+        if account is None:
+            private_key = HDPath(f"{HD_PATH_PREFIX}/{index}").derive(_seed(mnemonic))
+            account = Account.from_key(private_key)
+            _derived[key] = account
+    return account
+
+
+def dev_accounts(mnemonic: str, count: int, start: int = 0) -> list[LocalAccount]:
+    """Accounts ``start .. start+count-1`` of ``mnemonic``."""
+    return [derive_account(mnemonic, i) for i in range(start, start + count)]
+
+
+def load_keystore(path: str | Path, password: str) -> LocalAccount:
+    """Decrypt an encrypted JSON keystore file into a signing account (for real networks)."""
+    path = Path(path)
+    try:
+        keyfile = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"keystore {path} does not exist; pass the path of an encrypted JSON keystore") from e
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"keystore {path} is not a readable JSON keystore ({e})") from e
+    try:
+        private_key = Account.decrypt(keyfile, password)
+    except ValueError as e:
+        raise ConfigError(f"cannot decrypt keystore {path}: wrong password or corrupt file") from e
+    return Account.from_key(private_key)

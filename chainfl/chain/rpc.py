@@ -1,0 +1,168 @@
+"""A chain reached over JSON-RPC (Ganache, Anvil, or any Ethereum node).
+
+Transactions are signed locally; batches go out as JSON-RPC batch requests. The dev-chain controls
+use ``evm_*`` methods (Anvil and Ganache both have them; Ganache pauses mining with ``miner_stop``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from web3 import HTTPProvider, Web3
+
+from chainfl.chain.backends import Chain, as_bytes
+from chainfl.config import NodeSettings
+from chainfl.errors import ChainConnectionError, ChainError, ConfigError, TransactionError
+
+log = logging.getLogger(__name__)
+
+
+def _hex_bytes(value) -> bytes | None:
+    if isinstance(value, str) and value.startswith("0x"):
+        try:
+            return bytes.fromhex(value[2:])
+        except ValueError:
+            return None
+    return None
+
+
+def revert_data_from_rpc_error(error: dict) -> bytes:
+    """The revert payload in a JSON-RPC error object (Anvil: ``data`` hex; Ganache: ``data`` hex
+    or ``data.result``)."""
+    data = error.get("data")
+    if isinstance(data, dict):
+        data = data.get("result", data.get("data"))
+    return _hex_bytes(data) or b""
+
+
+class RpcChain(Chain):
+    kind = "rpc"
+
+    def __init__(self, url: str, settings: NodeSettings, timeout: float = 60.0):
+        provider = HTTPProvider(url, request_kwargs={"timeout": timeout}, exception_retry_configuration=None)
+        w3 = Web3(provider)
+        try:
+            w3.eth.chain_id
+        except Exception as e:
+            raise ChainConnectionError(
+                f"No node at {url} ({type(e).__name__}) — run `chainfl chain up` or pass --rpc") from e
+        super().__init__(w3, url, settings)
+        try:
+            self.client = str(w3.client_version)
+        except Exception:
+            self.client = "unknown"
+
+    @property
+    def is_ganache(self) -> bool:
+        return "ganache" in self.client.lower()
+
+    def _rpc(self, method: str, params: list):
+        response = self.w3.provider.make_request(method, params)
+        if "error" in response:
+            raise ChainError(f"{method} failed on {self.url}: {response['error'].get('message')} "
+                             f"(is this a dev node? {method} needs Anvil or Ganache)")
+        return response.get("result")
+
+    def _revert_data(self, call: dict, block) -> bytes:
+        params = {"from": call["from"], "value": hex(int(call.get("value", 0))),
+                  "data": "0x" + as_bytes(call.get("data")).hex()}
+        if call.get("to"):
+            params["to"] = call["to"]
+        if call.get("gas"):
+            params["gas"] = hex(int(call["gas"]))
+        tag = block if isinstance(block, str) else hex(int(block))
+        response = self.w3.provider.make_request("eth_call", [params, tag])
+        if "error" not in response:
+            return b""
+        return revert_data_from_rpc_error(response["error"])
+
+    # -- batches ---------------------------------------------------------------------------
+    def _send_batch(self, items, chunk):
+        raws = self._sign_batch(items)
+        hashes: list[bytes] = []
+        for start in range(0, len(raws), chunk):
+            part = raws[start:start + chunk]
+            responses = self.w3.provider.make_batch_request(
+                [("eth_sendRawTransaction", ["0x" + raw.hex()]) for raw in part])
+            if isinstance(responses, dict):  # the whole batch failed
+                self._resync(items)
+                raise TransactionError(f"the node rejected a batch of {len(part)} transactions: "
+                                       f"{responses.get('error')}")
+            for k, response in enumerate(sorted(responses, key=lambda r: int(r["id"]))):
+                if "error" in response:
+                    tx, signer = items[start + k]
+                    self._resync(items)
+                    raise TransactionError(
+                        f"the node rejected batched transaction {start + k} from {signer.address} "
+                        f"(nonce {tx['nonce']}): {response['error'].get('message')}; "
+                        f"{len(hashes)} earlier ones were sent")
+                hashes.append(bytes.fromhex(response["result"][2:]))
+        return hashes
+
+    def _resync(self, items) -> None:
+        for address in {signer.address for _, signer in items}:
+            self._nonces[address].resync()
+
+    def wait_for_receipts(self, hashes, timeout=None, chunk: int = 500):
+        deadline = time.monotonic() + (timeout or self.receipt_timeout)
+        receipts: dict[int, object] = {}
+        pending = list(range(len(hashes)))
+        formatter = self.w3.eth.get_transaction_receipt  # formats one receipt like web3 does
+        while pending:
+            still = []
+            for start in range(0, len(pending), chunk):
+                idxs = pending[start:start + chunk]
+                responses = self.w3.provider.make_batch_request(
+                    [("eth_getTransactionReceipt", ["0x" + bytes(hashes[i]).hex()]) for i in idxs])
+                for i, response in zip(idxs, sorted(responses, key=lambda r: int(r["id"]))):
+                    if response.get("result") is None:
+                        still.append(i)
+                    else:
+                        receipts[i] = None
+            for i in [i for i in receipts if receipts[i] is None]:
+                receipts[i] = formatter(hashes[i])
+            pending = still
+            if pending:
+                if time.monotonic() > deadline:
+                    raise TransactionError(f"{len(pending)} of {len(hashes)} transactions not mined "
+                                           f"after {timeout or self.receipt_timeout:.0f} s "
+                                           f"(automine off? call mine_block())")
+                time.sleep(0.05)
+        return [receipts[i] for i in range(len(hashes))]
+
+    # -- dev-chain controls ------------------------------------------------------------------
+    def automine(self, enabled: bool) -> None:
+        if self.is_ganache:
+            self._rpc("miner_start" if enabled else "miner_stop", [])
+        else:
+            self._rpc("evm_setAutomine", [bool(enabled)])
+        self._automine = bool(enabled)
+
+    def mine_block(self, timestamp: int | None = None) -> int:
+        if timestamp is not None:
+            latest = self.latest_timestamp()
+            if timestamp <= latest:
+                raise ConfigError(f"mine_block: timestamp {timestamp} must be after the latest block's {latest}")
+            self._rpc("evm_mine", [int(timestamp)])
+        else:
+            self._rpc("evm_mine", [])
+        return self.block_number()
+
+    def advance_time(self, seconds: int) -> int:
+        if seconds < 0:
+            raise ConfigError(f"advance_time: seconds must be >= 0, got {seconds}")
+        self._rpc("evm_increaseTime", [int(seconds)])
+        self._rpc("evm_mine", [])
+        return self.latest_timestamp()
+
+    def close(self) -> None:
+        session = getattr(self.w3.provider, "_request_session_manager", None)
+        cache = getattr(session, "session_cache", None)
+        if cache is not None:
+            try:
+                for _, s in list(cache.items()):
+                    s.close()
+                cache.clear()
+            except Exception:  # closing is best effort
+                pass

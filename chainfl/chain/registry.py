@@ -374,6 +374,11 @@ class Registry:
         out.sort(key=lambda e: (e.block_number, e.log_index))
         return out
 
+    def receipt_events(self, receipt) -> list[Event]:
+        """The registry events a transaction emitted, in log order."""
+        events = [self._decode(log) for log in receipt["logs"] if log["address"] == self.address]
+        return [e for e in events if e is not None]
+
     def _decode(self, log) -> Event | None:
         topics = log["topics"]
         entry = self._events.get(bytes(topics[0])) if topics else None

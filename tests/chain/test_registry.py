@@ -1,0 +1,529 @@
+"""The registry contract suite, run unchanged on every chain backend (``chain_url``).
+
+Every function's happy path with its events, every revert by Python error class *and* decoded
+arguments. Each test deploys a fresh registry (nodes are shared across tests on Ganache/Anvil).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+
+from chainfl.chain import connect
+from chainfl.chain import errors as E
+from chainfl.chain.registry import EVENT_NAMES, Mode, Registry, RegistryArgumentError
+from chainfl.errors import ContractError, DeploymentError
+
+#: A realistic CIDv1 (base32, raw leaves, sha2-256): 59 characters, as the store returns.
+CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+ZERO = b"\0" * 32
+ZERO_ADDRESS = "0x" + "00" * 20
+
+
+def D(label: str) -> bytes:
+    """A stand-in model digest."""
+    return hashlib.sha256(label.encode()).digest()
+
+
+@contextmanager
+def reverts(cls, **args):
+    """Assert the block raises the typed registry error ``cls`` with exactly these decoded args."""
+    with pytest.raises(cls) as info:
+        yield info
+    assert info.type is cls
+    assert info.value.error_name == cls.__name__
+    assert info.value.error_args == args
+    assert cls.__name__ in str(info.value)
+
+
+def one_event(reg: Registry, receipt, name: str) -> dict:
+    events = reg.receipt_events(receipt)
+    assert [e.name for e in events] == [name]
+    return events[0].args
+
+
+@dataclass
+class Env:
+    chain: object
+    reg: Registry
+    admin: object
+    coord: object
+    nodes: list
+    outsider: object
+
+    def chained(self, first=None) -> int:
+        return self.reg.create_task(D("config"), CID, Mode.CHAINED, D("m0"), CID,
+                                    first or self.nodes[0], self.coord)
+
+    def federated(self) -> int:
+        return self.reg.create_task(D("config"), CID, Mode.FEDERATED, D("g0"), CID, None, self.coord)
+
+    def deadline(self, seconds: int = 3600) -> int:
+        return self.chain.latest_timestamp() + seconds
+
+
+@pytest.fixture
+def env(chain_url):
+    with connect(chain_url) as chain:
+        a = chain.accounts
+        reg = Registry.deploy(chain, a[0])
+        reg.set_coordinator(a[1], True, a[0])
+        for n in a[2:6]:
+            reg.add_node(n, a[0])
+        yield Env(chain, reg, a[0], a[1], list(a[2:6]), a[6])
+
+
+# --- deployment and views --------------------------------------------------------------------
+def test_deployer_is_admin_and_registry_reattaches(env):
+    reg = env.reg
+    assert reg.admin() == env.admin.address
+    assert reg.task_count() == 0
+    again = Registry.at(env.chain, reg.address)
+    assert again.admin() == env.admin.address
+    created = reg.events(names=["AdminTransferred"])
+    assert [e.args for e in created] == [{"previousAdmin": ZERO_ADDRESS, "newAdmin": env.admin.address}]
+
+
+def test_at_refuses_an_address_without_registry_code(env):
+    with pytest.raises(DeploymentError, match="no contract"):
+        Registry.at(env.chain, env.outsider.address)
+
+
+# --- membership ----------------------------------------------------------------------------
+def test_add_node_records_member_and_event(env):
+    receipt = env.reg.add_node(env.outsider, env.admin)
+    assert one_event(env.reg, receipt, "NodeAdded") == {"node": env.outsider.address, "by": env.admin.address}
+    state = env.reg.node(env.outsider)
+    assert state.member and not state.coordinator
+    assert (state.handoffs, state.updates, state.flags) == (0, 0, 0)
+
+
+def test_add_node_misuse(env):
+    with reverts(E.RegistryNotAdmin, caller=env.coord.address):
+        env.reg.add_node(env.outsider, env.coord)
+    with reverts(E.RegistryAlreadyMember, account=env.nodes[0].address):
+        env.reg.add_node(env.nodes[0], env.admin)
+    with reverts(E.RegistryZeroAddress):
+        env.reg.add_node(ZERO_ADDRESS, env.admin)
+
+
+def test_remove_node_keeps_counters(env):
+    task = env.chained()
+    env.reg.record_handoff(task, D("m0"), D("m1"), CID, 10, 0.25, env.nodes[1], env.nodes[0])
+    receipt = env.reg.remove_node(env.nodes[0], env.admin)
+    assert one_event(env.reg, receipt, "NodeRemoved") == {"node": env.nodes[0].address, "by": env.admin.address}
+    state = env.reg.node(env.nodes[0])
+    assert not state.member and state.handoffs == 1
+    with reverts(E.RegistryNotMember, account=env.nodes[0].address):
+        env.reg.remove_node(env.nodes[0], env.admin)
+    with reverts(E.RegistryNotAdmin, caller=env.nodes[1].address):
+        env.reg.remove_node(env.nodes[1], env.nodes[1])
+
+
+def test_set_coordinator_grants_and_revokes(env):
+    receipt = env.reg.set_coordinator(env.outsider, True, env.admin)
+    assert one_event(env.reg, receipt, "CoordinatorGranted") == {"account": env.outsider.address,
+                                                                  "by": env.admin.address}
+    assert env.reg.node(env.outsider).coordinator
+    receipt = env.reg.set_coordinator(env.outsider, False, env.admin)
+    assert one_event(env.reg, receipt, "CoordinatorRevoked") == {"account": env.outsider.address,
+                                                                  "by": env.admin.address}
+    assert not env.reg.node(env.outsider).coordinator
+    with reverts(E.RegistryNotAdmin, caller=env.outsider.address):
+        env.reg.set_coordinator(env.outsider, True, env.outsider)
+    with reverts(E.RegistryZeroAddress):
+        env.reg.set_coordinator(ZERO_ADDRESS, True, env.admin)
+
+
+def test_transfer_admin(env):
+    receipt = env.reg.transfer_admin(env.outsider, env.admin)
+    assert one_event(env.reg, receipt, "AdminTransferred") == {"previousAdmin": env.admin.address,
+                                                                "newAdmin": env.outsider.address}
+    assert env.reg.admin() == env.outsider.address
+    with reverts(E.RegistryNotAdmin, caller=env.admin.address):
+        env.reg.add_node(env.chain.accounts[7], env.admin)
+    env.reg.add_node(env.chain.accounts[7], env.outsider)
+    with reverts(E.RegistryZeroAddress):
+        env.reg.transfer_admin(ZERO_ADDRESS, env.outsider)
+
+
+# --- tasks ---------------------------------------------------------------------------------
+def test_create_chained_task(env):
+    receipt_task = env.reg.create_task(D("config"), CID, Mode.CHAINED, D("m0"), CID, env.nodes[0], env.coord)
+    assert receipt_task == 1 and env.reg.task_count() == 1
+    [event] = env.reg.events(names=["TaskCreated"])
+    assert event.args == {"taskId": 1, "coordinator": env.coord.address, "mode": 1, "configDigest": D("config"),
+                          "configCid": CID, "initialDigest": D("m0"), "initialCid": CID,
+                          "firstNode": env.nodes[0].address}
+    t = env.reg.task(1)
+    assert (t.mode, t.closed, t.coordinator, t.expected, t.head_node, t.seq) == \
+        (Mode.CHAINED, False, env.coord.address, env.nodes[0].address, None, 0)
+    assert t.head == t.accepted == D("m0")
+    assert env.chained() == 2
+
+
+def test_create_federated_task_ignores_first_node(env):
+    task = env.reg.create_task(D("config"), CID, Mode.FEDERATED, D("g0"), CID, env.nodes[0], env.coord)
+    [event] = env.reg.events(names=["TaskCreated"])
+    assert event.args["mode"] == 2 and event.args["firstNode"] == ZERO_ADDRESS
+    t = env.reg.task(task)
+    assert (t.mode, t.expected, t.round, t.round_open, t.head) == (Mode.FEDERATED, None, 0, False, D("g0"))
+
+
+def test_create_task_misuse(env):
+    reg, c = env.reg, env.coord
+    with reverts(E.RegistryNotCoordinator, caller=env.nodes[0].address):
+        reg.create_task(D("c"), CID, Mode.CHAINED, D("m0"), CID, env.nodes[0], env.nodes[0])
+    with reverts(E.RegistryZeroDigest):
+        reg.create_task(ZERO, CID, Mode.CHAINED, D("m0"), CID, env.nodes[0], c)
+    with reverts(E.RegistryZeroDigest):
+        reg.create_task(D("c"), CID, Mode.CHAINED, ZERO, CID, env.nodes[0], c)
+    with reverts(E.RegistryEmptyCid):
+        reg.create_task(D("c"), "", Mode.CHAINED, D("m0"), CID, env.nodes[0], c)
+    with reverts(E.RegistryCidTooLong, length=129, maxLength=128):
+        reg.create_task(D("c"), CID, Mode.CHAINED, D("m0"), "b" * 129, env.nodes[0], c)
+    with reverts(E.RegistryNotMember, account=env.outsider.address):
+        reg.create_task(D("c"), CID, Mode.CHAINED, D("m0"), CID, env.outsider, c)
+    raw = reg.contract.functions.createTask(D("c"), CID, 0, D("m0"), CID, env.nodes[0].address)
+    with reverts(E.RegistryWrongMode, taskId=0, mode=0):
+        reg._transact(raw, c)
+    assert reg.task_count() == 0
+
+
+def test_close_task(env):
+    task = env.chained()
+    with reverts(E.RegistryNotTaskCoordinator, taskId=task, coordinator=env.coord.address, caller=env.admin.address):
+        env.reg.close_task(task, env.admin)
+    receipt = env.reg.close_task(task, env.coord)
+    assert one_event(env.reg, receipt, "TaskClosed") == {"taskId": task, "by": env.coord.address}
+    assert env.reg.task(task).closed
+    with reverts(E.RegistryTaskClosed, taskId=task):
+        env.reg.close_task(task, env.coord)
+    with reverts(E.RegistryTaskClosed, taskId=task):
+        env.reg.record_handoff(task, D("m0"), D("m1"), CID, 1, 0.0, env.nodes[1], env.nodes[0])
+    with reverts(E.RegistryUnknownTask, taskId=99):
+        env.reg.close_task(99, env.coord)
+    with reverts(E.RegistryUnknownTask, taskId=99):
+        env.reg.task(99)
+
+
+def test_revoked_coordinator_cannot_run_its_task(env):
+    task = env.chained()
+    env.reg.set_coordinator(env.coord, False, env.admin)
+    with reverts(E.RegistryNotCoordinator, caller=env.coord.address):
+        env.reg.skip_turn(task, env.nodes[1], env.coord)
+
+
+# --- chained mode --------------------------------------------------------------------------
+def test_handoff_moves_head_and_turn(env):
+    reg, (n0, n1, n2, _) = env.reg, env.nodes
+    task = env.chained()
+    receipt = reg.record_handoff(task, D("m0"), D("m1"), CID, 120, 0.693147, n1, n0)
+    assert one_event(reg, receipt, "HandoffRecorded") == {
+        "taskId": task, "node": n0.address, "next": n1.address, "seq": 1, "parent": D("m0"),
+        "digest": D("m1"), "cid": CID, "samples": 120, "lossE6": 693147}
+    t = reg.task(task)
+    assert (t.head, t.accepted, t.head_node, t.expected, t.seq) == (D("m1"), D("m0"), n0.address, n1.address, 1)
+    reg.record_handoff(task, D("m1"), D("m2"), CID, 80, 0.5, n2, n1)
+    t = reg.task(task)
+    assert (t.head, t.accepted, t.head_node, t.expected, t.seq) == (D("m2"), D("m1"), n1.address, n2.address, 2)
+    assert reg.node(n0).handoffs == 1 and reg.node(n1).handoffs == 1 and reg.node(n2).handoffs == 0
+
+
+def test_handoff_misuse(env):
+    reg, (n0, n1, n2, _) = env.reg, env.nodes
+    task = env.chained()
+    with reverts(E.RegistryNotYourTurn, taskId=task, expected=n0.address, caller=n1.address):
+        reg.record_handoff(task, D("m0"), D("m1"), CID, 1, 0.1, n2, n1)
+    with reverts(E.RegistryStaleParent, taskId=task, head=D("m0"), parent=D("old")):
+        reg.record_handoff(task, D("old"), D("m1"), CID, 1, 0.1, n1, n0)
+    with reverts(E.RegistryUnchangedModel, taskId=task, digest=D("m0")):
+        reg.record_handoff(task, D("m0"), D("m0"), CID, 1, 0.1, n1, n0)
+    with reverts(E.RegistryZeroDigest):
+        reg.record_handoff(task, D("m0"), ZERO, CID, 1, 0.1, n1, n0)
+    with reverts(E.RegistryEmptyCid):
+        reg.record_handoff(task, D("m0"), D("m1"), "", 1, 0.1, n1, n0)
+    with reverts(E.RegistryZeroSamples):
+        reg.record_handoff(task, D("m0"), D("m1"), CID, 0, 0.1, n1, n0)
+    with reverts(E.RegistryNotMember, account=env.outsider.address):
+        reg.record_handoff(task, D("m0"), D("m1"), CID, 1, 0.1, env.outsider, n0)
+    federated = env.federated()
+    with reverts(E.RegistryWrongMode, taskId=federated, mode=2):
+        reg.record_handoff(federated, D("g0"), D("m1"), CID, 1, 0.1, n1, n0)
+    with reverts(E.RegistryUnknownTask, taskId=42):
+        reg.record_handoff(42, D("m0"), D("m1"), CID, 1, 0.1, n1, n0)
+    reg.remove_node(n0, env.admin)
+    with reverts(E.RegistryNotMember, account=n0.address):
+        reg.record_handoff(task, D("m0"), D("m1"), CID, 1, 0.1, n1, n0)
+    assert reg.task(task).seq == 0
+
+
+def test_reject_returns_head_to_accepted(env):
+    reg, (n0, n1, n2, _) = env.reg, env.nodes
+    task = env.chained()
+    reg.record_handoff(task, D("m0"), D("m1"), CID, 10, 0.1, n1, n0)
+    reg.record_handoff(task, D("m1"), D("bad"), CID, 10, 0.1, n2, n1)
+    receipt = reg.reject_handoff(task, D("bad"), "validation F1 dropped 0.41", n2)
+    assert one_event(reg, receipt, "HandoffRejected") == {
+        "taskId": task, "node": n2.address, "producer": n1.address, "digest": D("bad"),
+        "restored": D("m1"), "reason": "validation F1 dropped 0.41"}
+    t = reg.task(task)
+    assert (t.head, t.accepted, t.head_node, t.expected) == (D("m1"), D("m1"), None, n2.address)
+    assert reg.node(n2).rejections_issued == 1 and reg.node(n1).rejections_received == 1
+    # the rejecting node now trains from the restored head
+    reg.record_handoff(task, D("m1"), D("m2"), CID, 10, 0.1, n0, n2)
+    assert reg.task(task).head == D("m2")
+
+
+def test_reject_misuse(env):
+    reg, (n0, n1, n2, _) = env.reg, env.nodes
+    task = env.chained()
+    with reverts(E.RegistryNothingToReject, taskId=task, head=D("m0"), accepted=D("m0"), digest=D("m0")):
+        reg.reject_handoff(task, D("m0"), "initial model", n0)
+    reg.record_handoff(task, D("m0"), D("m1"), CID, 10, 0.1, n1, n0)
+    with reverts(E.RegistryNotYourTurn, taskId=task, expected=n1.address, caller=n2.address):
+        reg.reject_handoff(task, D("m1"), "not mine", n2)
+    with reverts(E.RegistryNothingToReject, taskId=task, head=D("m1"), accepted=D("m0"), digest=D("m0")):
+        reg.reject_handoff(task, D("m0"), "already accepted", n1)
+    reg.reject_handoff(task, D("m1"), "poisoned", n1)
+    with reverts(E.RegistryNothingToReject, taskId=task, head=D("m0"), accepted=D("m0"), digest=D("m1")):
+        reg.reject_handoff(task, D("m1"), "twice", n1)
+
+
+def test_skip_turn(env):
+    reg, (n0, n1, _, _) = env.reg, env.nodes
+    task = env.chained()
+    receipt = reg.skip_turn(task, n1, env.coord)
+    assert one_event(reg, receipt, "TurnSkipped") == {"taskId": task, "skipped": n0.address, "next": n1.address,
+                                                      "by": env.coord.address}
+    t = reg.task(task)
+    assert t.expected == n1.address and t.head == D("m0") and t.seq == 0
+    with reverts(E.RegistryNotTaskCoordinator, taskId=task, coordinator=env.coord.address, caller=n1.address):
+        reg.skip_turn(task, n0, n1)
+    with reverts(E.RegistryNotMember, account=env.outsider.address):
+        reg.skip_turn(task, env.outsider, env.coord)
+
+
+# --- federated mode ------------------------------------------------------------------------
+def test_open_round(env):
+    reg = env.reg
+    task = env.federated()
+    deadline = env.deadline()
+    assert reg.open_round(task, deadline, env.coord) == 1
+    [event] = reg.events(names=["RoundOpened"])
+    assert event.args == {"taskId": task, "round": 1, "globalModel": D("g0"), "deadline": deadline}
+    t = reg.task(task)
+    assert (t.round, t.round_open, t.deadline) == (1, True, deadline)
+    with reverts(E.RegistryRoundStillOpen, taskId=task, round=1):
+        reg.open_round(task, deadline, env.coord)
+
+
+def test_open_round_misuse(env):
+    reg = env.reg
+    task = env.federated()
+    with reverts(E.RegistryNotTaskCoordinator, taskId=task, coordinator=env.coord.address, caller=env.admin.address):
+        reg.open_round(task, env.deadline(), env.admin)
+    now = env.chain.latest_timestamp()
+    with pytest.raises(E.RegistryBadDeadline) as info:
+        reg.open_round(task, now - 1, env.coord)
+    assert info.value.error_args["deadline"] == now - 1 and info.value.error_args["timestamp"] >= now
+    chained = env.chained()
+    with reverts(E.RegistryWrongMode, taskId=chained, mode=1):
+        reg.open_round(chained, env.deadline(), env.coord)
+
+
+def test_submit_update(env):
+    reg, (n0, n1, _, _) = env.reg, env.nodes
+    task = env.federated()
+    rnd = reg.open_round(task, env.deadline(), env.coord)
+    assert not reg.has_submitted(task, rnd, n0)
+    receipt = reg.submit_update(task, rnd, D("g0"), D("u0"), CID, 250, 0.3, n0)
+    assert one_event(reg, receipt, "UpdateSubmitted") == {
+        "taskId": task, "round": 1, "node": n0.address, "parent": D("g0"), "digest": D("u0"), "cid": CID,
+        "samples": 250, "lossE6": 300000}
+    assert reg.has_submitted(task, rnd, n0) and not reg.has_submitted(task, rnd, n1)
+    assert reg.node(n0).updates == 1
+    with reverts(E.RegistryAlreadySubmitted, taskId=task, round=1, node=n0.address):
+        reg.submit_update(task, rnd, D("g0"), D("u0b"), CID, 250, 0.3, n0)
+
+
+def test_submit_update_misuse(env):
+    reg, (n0, n1, _, _) = env.reg, env.nodes
+    task = env.federated()
+    with reverts(E.RegistryWrongRound, taskId=task, currentRound=0, round=1):
+        reg.submit_update(task, 1, D("g0"), D("u"), CID, 1, 0.1, n0)
+    rnd = reg.open_round(task, env.deadline(60), env.coord)
+    with reverts(E.RegistryNotMember, account=env.outsider.address):
+        reg.submit_update(task, rnd, D("g0"), D("u"), CID, 1, 0.1, env.outsider)
+    with reverts(E.RegistryWrongRound, taskId=task, currentRound=1, round=2):
+        reg.submit_update(task, 2, D("g0"), D("u"), CID, 1, 0.1, n0)
+    with reverts(E.RegistryStaleParent, taskId=task, head=D("g0"), parent=D("other")):
+        reg.submit_update(task, rnd, D("other"), D("u"), CID, 1, 0.1, n0)
+    with reverts(E.RegistryZeroSamples):
+        reg.submit_update(task, rnd, D("g0"), D("u"), CID, 0, 0.1, n0)
+    with reverts(E.RegistryZeroDigest):
+        reg.submit_update(task, rnd, D("g0"), ZERO, CID, 1, 0.1, n0)
+    reg.submit_update(task, rnd, D("g0"), D("u1"), CID, 1, 0.1, n1)
+    reg.finalize_round(task, rnd, D("g1"), CID, [n1], env.coord)
+    with reverts(E.RegistryRoundNotOpen, taskId=task, round=1):
+        reg.submit_update(task, rnd, D("g0"), D("u"), CID, 1, 0.1, n0)
+
+
+def test_submit_after_deadline(env):
+    reg, n0 = env.reg, env.nodes[0]
+    task = env.federated()
+    deadline = env.deadline(30)
+    rnd = reg.open_round(task, deadline, env.coord)
+    env.chain.advance_time(120)
+    with pytest.raises(E.RegistryDeadlinePassed) as info:
+        reg.submit_update(task, rnd, D("g0"), D("u"), CID, 1, 0.1, n0)
+    args = info.value.error_args
+    assert (args["taskId"], args["round"], args["deadline"]) == (task, 1, deadline)
+    assert args["timestamp"] > deadline
+
+
+def test_flag_update(env):
+    reg, (n0, n1, _, _) = env.reg, env.nodes
+    task = env.federated()
+    rnd = reg.open_round(task, env.deadline(), env.coord)
+    reg.submit_update(task, rnd, D("g0"), D("u0"), CID, 1, 0.1, n0)
+    with reverts(E.RegistryNotSubmitted, taskId=task, round=1, node=n1.address):
+        reg.flag_update(task, rnd, n1, "no update", env.coord)
+    with reverts(E.RegistryNotTaskCoordinator, taskId=task, coordinator=env.coord.address, caller=n1.address):
+        reg.flag_update(task, rnd, n0, "jealous", n1)
+    receipt = reg.flag_update(task, rnd, n0, "norm 41x median", env.coord)
+    assert one_event(reg, receipt, "UpdateFlagged") == {"taskId": task, "round": 1, "node": n0.address,
+                                                        "reason": "norm 41x median"}
+    assert reg.node(n0).flags == 1
+    with reverts(E.RegistryAlreadyFlagged, taskId=task, round=1, node=n0.address):
+        reg.flag_update(task, rnd, n0, "again", env.coord)
+    with reverts(E.RegistryWrongRound, taskId=task, currentRound=1, round=3):
+        reg.flag_update(task, 3, n0, "future", env.coord)
+
+
+def test_finalize_round_and_next_round(env):
+    reg, (n0, n1, n2, _) = env.reg, env.nodes
+    task = env.federated()
+    rnd = reg.open_round(task, env.deadline(), env.coord)
+    for i, n in enumerate((n0, n1, n2)):
+        reg.submit_update(task, rnd, D("g0"), D(f"u{i}"), CID, 10 + i, 0.1, n)
+    reg.flag_update(task, rnd, n2, "outlier", env.coord)
+    receipt = reg.finalize_round(task, rnd, D("g1"), CID, [n1, n0], env.coord)
+    included = sorted([n0.address, n1.address], key=lambda a: int(a, 16))
+    assert one_event(reg, receipt, "RoundFinalized") == {"taskId": task, "round": 1, "parent": D("g0"),
+                                                         "digest": D("g1"), "cid": CID, "included": included}
+    t = reg.task(task)
+    assert (t.head, t.accepted, t.round_open, t.round) == (D("g1"), D("g1"), False, 1)
+    rnd2 = reg.open_round(task, env.deadline(), env.coord)
+    assert rnd2 == 2
+    with reverts(E.RegistryStaleParent, taskId=task, head=D("g1"), parent=D("g0")):
+        reg.submit_update(task, rnd2, D("g0"), D("v0"), CID, 1, 0.1, n0)
+    reg.submit_update(task, rnd2, D("g1"), D("v0"), CID, 1, 0.1, n0)
+    assert reg.has_submitted(task, 2, n0) and not reg.has_submitted(task, 2, n1)
+
+
+def test_finalize_misuse(env):
+    reg, (n0, n1, n2, _) = env.reg, env.nodes
+    task = env.federated()
+    rnd = reg.open_round(task, env.deadline(), env.coord)
+    reg.submit_update(task, rnd, D("g0"), D("u0"), CID, 1, 0.1, n0)
+    reg.submit_update(task, rnd, D("g0"), D("u1"), CID, 1, 0.1, n1)
+    reg.flag_update(task, rnd, n1, "outlier", env.coord)
+    with reverts(E.RegistryNothingIncluded, taskId=task, round=1):
+        reg.finalize_round(task, rnd, D("g1"), CID, [], env.coord)
+    with reverts(E.RegistryNotSubmitted, taskId=task, round=1, node=n2.address):
+        reg.finalize_round(task, rnd, D("g1"), CID, [n0, n2], env.coord)
+    with reverts(E.RegistryUpdateFlagged, taskId=task, round=1, node=n1.address):
+        reg.finalize_round(task, rnd, D("g1"), CID, [n0, n1], env.coord)
+    with reverts(E.RegistryNotTaskCoordinator, taskId=task, coordinator=env.coord.address, caller=n0.address):
+        reg.finalize_round(task, rnd, D("g1"), CID, [n0], n0)
+    with reverts(E.RegistryZeroDigest):
+        reg.finalize_round(task, rnd, ZERO, CID, [n0], env.coord)
+    # the client sorts; the contract itself refuses unsorted or duplicate lists
+    raw = reg.contract.functions.finalizeRound(task, rnd, D("g1"), CID, [n0.address, n0.address])
+    with reverts(E.RegistryIncludedNotSorted, index=1, node=n0.address):
+        reg._transact(raw, env.coord)
+    reg.finalize_round(task, rnd, D("g1"), CID, [n0], env.coord)
+    with reverts(E.RegistryRoundNotOpen, taskId=task, round=1):
+        reg.finalize_round(task, rnd, D("g2"), CID, [n0], env.coord)
+
+
+# --- history and client-side checks ----------------------------------------------------------
+def test_events_filter_by_task_and_name_in_any_chunking(env):
+    reg, (n0, n1, _, _) = env.reg, env.nodes
+    start = env.chain.block_number() + 1
+    a = env.chained()
+    b = env.federated()
+    reg.record_handoff(a, D("m0"), D("m1"), CID, 1, 0.1, n1, n0)
+    rnd = reg.open_round(b, env.deadline(), env.coord)
+    reg.submit_update(b, rnd, D("g0"), D("u"), CID, 1, 0.1, n0)
+    everything = reg.events(from_block=start)
+    assert [e.name for e in everything] == ["TaskCreated", "TaskCreated", "HandoffRecorded",
+                                            "RoundOpened", "UpdateSubmitted"]
+    keys = [(e.block_number, e.log_index) for e in everything]
+    assert keys == sorted(keys) and all(e.tx_hash.startswith("0x") for e in everything)
+    assert reg.events(from_block=start, chunk=1) == everything
+    assert [e.name for e in reg.events(from_block=start, task_id=a)] == ["TaskCreated", "HandoffRecorded"]
+    assert [e.args["taskId"] for e in reg.events(from_block=start, names=["TaskCreated"])] == [a, b]
+    with pytest.raises(RegistryArgumentError, match="unknown event"):
+        reg.events(names=["Nope"])
+
+
+def test_client_rejects_unencodable_values(env):
+    reg, (n0, n1, _, _) = env.reg, env.nodes
+    task = env.chained()
+    with pytest.raises(RegistryArgumentError, match="32 bytes"):
+        reg.record_handoff(task, D("m0")[:31], D("m1"), CID, 1, 0.1, n1, n0)
+    with pytest.raises(RegistryArgumentError, match="loss"):
+        reg.record_handoff(task, D("m0"), D("m1"), CID, 1, float("nan"), n1, n0)
+    with pytest.raises(RegistryArgumentError, match="loss"):
+        reg.record_handoff(task, D("m0"), D("m1"), CID, 1, -0.5, n1, n0)
+    with pytest.raises(RegistryArgumentError, match="address"):
+        reg.record_handoff(task, D("m0"), D("m1"), CID, 1, 0.1, "0x1234", n0)
+    # hex strings are accepted for digests
+    reg.record_handoff(task, "0x" + D("m0").hex(), D("m1").hex(), CID, 1, 0.1, n1, n0)
+    assert reg.task(task).head == D("m1")
+
+
+def test_gas_of_handoff_and_submission_within_target(env):
+    reg, (n0, n1, n2, _) = env.reg, env.nodes
+    task = env.chained()
+    used = [reg.record_handoff(task, D(f"m{i}"), D(f"m{i + 1}"), CID, 1000, 0.1, n, sender)["gasUsed"]
+            for i, (sender, n) in enumerate([(n0, n1), (n1, n2), (n2, n0)])]
+    fed = env.federated()
+    rnd = reg.open_round(fed, env.deadline(), env.coord)
+    used += [reg.submit_update(fed, rnd, D("g0"), D(f"u{i}"), CID, 1000, 0.1, n)["gasUsed"]
+             for i, n in enumerate((n0, n1))]
+    assert max(used) <= 80_000, used
+
+
+# --- the Python error classes match the ABI (no chain needed) --------------------------------
+def test_every_abi_error_has_a_python_class_and_back():
+    from chainfl.chain.registry import registry_artifact
+
+    abi_errors = {e["name"] for e in registry_artifact()["abi"] if e["type"] == "error"}
+    assert abi_errors == set(E.CONTRACT_ERRORS)
+    for cls in E.CONTRACT_ERRORS.values():
+        assert issubclass(cls, ContractError)
+    assert "HandoffRecorded" in EVENT_NAMES
+
+
+def test_decode_revert_builds_typed_error_and_ignores_foreign_data():
+    from eth_abi import encode
+    from eth_utils import keccak
+
+    from chainfl.chain.registry import registry_artifact
+
+    selectors = E.error_selectors(registry_artifact()["abi"])
+    caller = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+    payload = keccak(text="RegistryNotYourTurn(uint256,address,address)")[:4] + \
+        encode(["uint256", "address", "address"], [7, caller, caller])
+    error = E.decode_revert(payload, selectors)
+    assert type(error) is E.RegistryNotYourTurn
+    assert error.error_args == {"taskId": 7, "expected": caller, "caller": caller}
+    assert "task 7" in str(error) and "turn" in str(error)
+    assert E.decode_revert(b"", selectors) is None
+    assert E.decode_revert(bytes.fromhex("08c379a0") + encode(["string"], ["x"]), selectors) is None

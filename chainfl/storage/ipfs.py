@@ -29,6 +29,10 @@ def _ipfshttpclient():
     with warnings.catch_warnings():      # urllib3 deprecation noise on import
         warnings.simplefilter("ignore")
         import ipfshttpclient
+    # ipfshttpclient 0.7 passes urllib3's removed `strict` argument on every request; the
+    # resulting FutureWarning would land on stderr of every command. Silence exactly that one.
+    warnings.filterwarnings("ignore", message="The 'strict' parameter is no longer needed",
+                            category=FutureWarning)
     return ipfshttpclient
 
 

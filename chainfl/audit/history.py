@@ -1,0 +1,324 @@
+"""Rebuild one task's training history from the registry's events alone.
+
+Every task event carries the task id as its first indexed topic, so the history is read with
+``eth_getLogs`` filtered on ``[any event, taskId]`` in bounded block ranges (``chunk`` blocks per
+query). A node that refuses a range as too large (e.g. "query returned more than 10000 results")
+gets it again in halves, so histories of 10,000+ events load on any backend.
+
+The result is plain data: :class:`History` with the task's creation record, the chained steps
+(handoffs, rejections, skipped turns) in chain order, the federated rounds (opened, submitted,
+flagged, finalized) and the close record (with the release digest + CID once the contract records
+them). Nothing here fetches blobs or judges the history: that is :mod:`chainfl.audit.verify`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from eth_utils import keccak, to_checksum_address
+from web3._utils.events import get_event_data
+
+from chainfl.chain.registry import LOSS_SCALE, Mode
+from chainfl.errors import AuditError, ChainError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Created", "Handoff", "Rejection", "Skip", "Submission", "Round", "Closed", "History",
+           "load_history", "fetch_task_logs", "TASK_EVENTS"]
+
+#: Registry events that belong to a task (their first indexed argument is ``taskId``).
+TASK_EVENTS = ("TaskCreated", "TaskClosed", "HandoffRecorded", "HandoffRejected", "TurnSkipped",
+               "RoundOpened", "UpdateSubmitted", "UpdateFlagged", "RoundFinalized")
+
+
+def _hex(value: bytes | None) -> str | None:
+    return None if value is None else "0x" + bytes(value).hex()
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where an event sits on chain."""
+
+    block: int
+    tx_hash: str
+    log_index: int
+
+
+@dataclass(frozen=True)
+class Created:
+    coordinator: str
+    mode: Mode
+    config_digest: bytes
+    config_cid: str
+    initial_digest: bytes
+    initial_cid: str
+    first_node: str | None
+    at: Where
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """``node`` trained ``parent`` into ``digest`` and handed over to ``next``."""
+
+    seq: int
+    node: str
+    next: str
+    parent: bytes
+    digest: bytes
+    cid: str
+    samples: int
+    loss: float
+    at: Where
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """``node`` (whose turn it was) rejected ``producer``'s head ``digest``; head -> ``restored``."""
+
+    node: str
+    producer: str
+    digest: bytes
+    restored: bytes
+    reason: str
+    at: Where
+
+
+@dataclass(frozen=True)
+class Skip:
+    """The coordinator passed ``skipped``'s turn to ``next``."""
+
+    skipped: str
+    next: str
+    by: str
+    at: Where
+
+
+@dataclass(frozen=True)
+class Submission:
+    round: int
+    node: str
+    parent: bytes
+    digest: bytes
+    cid: str
+    samples: int
+    loss: float
+    at: Where
+
+
+@dataclass
+class Round:
+    """One federated round as recorded; ``finalized`` is None while it is open."""
+
+    round: int
+    global_model: bytes
+    deadline: int
+    opened_at: Where
+    submissions: list[Submission] = field(default_factory=list)
+    flags: dict[str, str] = field(default_factory=dict)          # node -> reason
+    parent: bytes | None = None                                   # RoundFinalized.parent
+    digest: bytes | None = None
+    cid: str | None = None
+    included: list[str] = field(default_factory=list)
+    finalized_at: Where | None = None
+
+    @property
+    def finalized(self) -> bool:
+        return self.finalized_at is not None
+
+
+@dataclass(frozen=True)
+class Closed:
+    by: str
+    release_digest: bytes | None      # None until the contract records a release at closeTask
+    release_cid: str | None
+    at: Where
+
+
+@dataclass
+class History:
+    """Everything the chain says about one task, in chain order."""
+
+    task_id: int
+    registry: str
+    created: Created
+    steps: list = field(default_factory=list)        # chained: Handoff | Rejection | Skip, in order
+    rounds: list[Round] = field(default_factory=list)  # federated, by round number as recorded
+    closed: Closed | None = None
+    events: int = 0                                   # task events read
+    anomalies: list[str] = field(default_factory=list)  # events that fit no round (for verify)
+    from_block: int = 0
+    to_block: int = 0
+
+    @property
+    def mode(self) -> Mode:
+        return self.created.mode
+
+    @property
+    def handoffs(self) -> list[Handoff]:
+        return [s for s in self.steps if isinstance(s, Handoff)]
+
+
+# --- log reading ------------------------------------------------------------------------------
+def _topic(task_id: int) -> str:
+    return "0x" + int(task_id).to_bytes(32, "big").hex()
+
+
+def _too_large(e: Exception) -> bool:
+    text = str(e).lower()
+    return any(s in text for s in ("more than", "too many", "limit", "range", "exceed", "too large"))
+
+
+def fetch_task_logs(w3, address: str, task_id: int, from_block: int, to_block: int,
+                    chunk: int = 2000) -> list:
+    """Raw logs of ``task_id`` at ``address`` in ``[from_block, to_block]``, ``chunk`` blocks per
+    query (halved, down to one block, when a node refuses a range as too large)."""
+    if chunk < 1:
+        raise AuditError(f"chunk must be >= 1 block, got {chunk}")
+    topics = [None, _topic(task_id)]
+    out = []
+    start = max(int(from_block), 0)
+    size = int(chunk)
+    while start <= to_block:
+        end = min(start + size - 1, to_block)
+        try:
+            logs = w3.eth.get_logs({"address": address, "fromBlock": start, "toBlock": end,
+                                    "topics": topics})
+        except Exception as e:  # provider errors differ by node; only "too large" is retried
+            if size > 1 and _too_large(e):
+                size = max(1, size // 2)
+                log.info("log query %d..%d too large (%s); retrying with %d blocks", start, end, e, size)
+                continue
+            raise ChainError(f"reading registry logs {start}..{end} at {address} failed: {e}") from e
+        out.extend(logs)
+        start = end + 1
+    return out
+
+
+class _Decoder:
+    """Decodes registry logs with the registry's ABI (event topic -> ABI entry)."""
+
+    def __init__(self, abi: list[dict], codec):
+        self.codec = codec
+        self.entries = {}
+        for entry in abi:
+            if entry["type"] == "event" and entry["name"] in TASK_EVENTS:
+                signature = f"{entry['name']}({','.join(i['type'] for i in entry['inputs'])})"
+                self.entries[keccak(text=signature)] = entry
+
+    def decode(self, log) -> tuple[str, dict, Where] | None:
+        topics = log["topics"]
+        entry = self.entries.get(bytes(topics[0])) if topics else None
+        if entry is None:
+            return None
+        data = get_event_data(self.codec, entry, log)
+        tx = bytes(data["transactionHash"]).hex()
+        where = Where(int(data["blockNumber"]), tx if tx.startswith("0x") else "0x" + tx,
+                      int(data["logIndex"]))
+        return data["event"], dict(data["args"]), where
+
+
+def _addr(value) -> str | None:
+    if value is None or int(value, 16) == 0:
+        return None
+    return to_checksum_address(value)
+
+
+# --- history assembly -------------------------------------------------------------------------
+def load_history(registry, task_id: int, from_block: int = 0, to_block: int | None = None,
+                 chunk: int = 2000) -> History:
+    """Read ``task_id``'s events from ``registry`` (a :class:`chainfl.chain.registry.Registry`) and
+    assemble its :class:`History`. Raises :class:`AuditError` if the task was never created in the
+    range read."""
+    w3 = registry.chain.w3
+    if to_block is None:
+        to_block = int(w3.eth.block_number)
+    logs = fetch_task_logs(w3, registry.address, task_id, from_block, to_block, chunk)
+    decoder = _Decoder(registry.artifact["abi"], w3.codec)
+    decoded = [d for d in (decoder.decode(log) for log in logs) if d is not None]
+    decoded.sort(key=lambda d: (d[2].block, d[2].log_index))
+    return assemble(task_id, registry.address, decoded, from_block, to_block)
+
+
+def assemble(task_id: int, address: str, decoded: list[tuple[str, dict, Where]],
+             from_block: int = 0, to_block: int = 0) -> History:
+    """Pure: ordered ``(event name, args, where)`` triples -> :class:`History`."""
+    created = None
+    history: History | None = None
+    pending: list[tuple[str, dict, Where]] = []
+    for name, args, where in decoded:
+        if args.get("taskId") != task_id:
+            continue
+        if name == "TaskCreated":
+            if created is not None:
+                raise AuditError(f"task {task_id} has two TaskCreated events (blocks "
+                                 f"{created.at.block} and {where.block}); this is not a chainfl registry")
+            created = Created(coordinator=to_checksum_address(args["coordinator"]), mode=Mode(args["mode"]),
+                              config_digest=bytes(args["configDigest"]), config_cid=args["configCid"],
+                              initial_digest=bytes(args["initialDigest"]), initial_cid=args["initialCid"],
+                              first_node=_addr(args["firstNode"]), at=where)
+            history = History(task_id, to_checksum_address(address), created,
+                              from_block=from_block, to_block=to_block)
+            continue
+        if history is None:
+            pending.append((name, args, where))
+            continue
+        _apply(history, name, args, where)
+    if history is None:
+        raise AuditError(f"task {task_id} has no TaskCreated event at registry {address} in blocks "
+                         f"{from_block}..{to_block}; check --task, the registry address and --from-block")
+    for name, _, where in pending:
+        history.anomalies.append(f"{name} at block {where.block} precedes the task's creation")
+    history.events = sum(1 for _, args, _ in decoded if args.get("taskId") == task_id)
+    return history
+
+
+def _apply(h: History, name: str, a: dict, where: Where) -> None:
+    if name == "HandoffRecorded":
+        h.steps.append(Handoff(seq=int(a["seq"]), node=to_checksum_address(a["node"]),
+                               next=to_checksum_address(a["next"]), parent=bytes(a["parent"]),
+                               digest=bytes(a["digest"]), cid=a["cid"], samples=int(a["samples"]),
+                               loss=int(a["lossE6"]) / LOSS_SCALE, at=where))
+    elif name == "HandoffRejected":
+        h.steps.append(Rejection(node=to_checksum_address(a["node"]), producer=to_checksum_address(a["producer"]),
+                                 digest=bytes(a["digest"]), restored=bytes(a["restored"]),
+                                 reason=a["reason"], at=where))
+    elif name == "TurnSkipped":
+        h.steps.append(Skip(skipped=to_checksum_address(a["skipped"]), next=to_checksum_address(a["next"]),
+                            by=to_checksum_address(a["by"]), at=where))
+    elif name == "RoundOpened":
+        h.rounds.append(Round(round=int(a["round"]), global_model=bytes(a["globalModel"]),
+                              deadline=int(a["deadline"]), opened_at=where))
+    elif name in ("UpdateSubmitted", "UpdateFlagged", "RoundFinalized"):
+        number = int(a["round"])
+        rnd = next((r for r in reversed(h.rounds) if r.round == number), None)
+        if rnd is None:
+            h.anomalies.append(f"{name} for round {number} at block {where.block}, but round {number} "
+                               f"was never opened")
+            return
+        if name == "UpdateSubmitted":
+            rnd.submissions.append(Submission(round=number, node=to_checksum_address(a["node"]),
+                                              parent=bytes(a["parent"]), digest=bytes(a["digest"]),
+                                              cid=a["cid"], samples=int(a["samples"]),
+                                              loss=int(a["lossE6"]) / LOSS_SCALE, at=where))
+        elif name == "UpdateFlagged":
+            rnd.flags[to_checksum_address(a["node"])] = a["reason"]
+        else:
+            if rnd.finalized:
+                h.anomalies.append(f"round {number} finalized twice (blocks {rnd.finalized_at.block} "
+                                   f"and {where.block})")
+                return
+            rnd.parent = bytes(a["parent"])
+            rnd.digest = bytes(a["digest"])
+            rnd.cid = a["cid"]
+            rnd.included = [to_checksum_address(n) for n in a["included"]]
+            rnd.finalized_at = where
+    elif name == "TaskClosed":
+        digest = a.get("releaseDigest")
+        cid = a.get("releaseCid")
+        if h.closed is not None:
+            h.anomalies.append(f"task closed twice (blocks {h.closed.at.block} and {where.block})")
+            return
+        h.closed = Closed(by=to_checksum_address(a["by"]),
+                          release_digest=bytes(digest) if digest and any(bytes(digest)) else None,
+                          release_cid=cid or None, at=where)

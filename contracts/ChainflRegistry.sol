@@ -13,7 +13,7 @@ import {IChainflRegistry} from "./IChainflRegistry.sol";
 ///         over nodes or rounds in storage, so gas does not grow with either. Per-node counters
 ///         share one slot with the membership flag, so updating them never writes a zero slot.
 contract ChainflRegistry is IChainflRegistry {
-    /// @dev Longest CID accepted (a CIDv1 base32 sha2-256 string is 59 characters).
+    /// @notice Longest CID accepted, in bytes (a CIDv1 base32 sha2-256 string has 59).
     uint256 public constant MAX_CID_LENGTH = 128;
 
     struct Task {

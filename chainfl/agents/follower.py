@@ -1,0 +1,115 @@
+"""Follow the registry's events for one task with a cursor, in bounded block ranges.
+
+A :class:`EventFollower` remembers the next block it has not read (``cursor``). Each :meth:`poll`
+reads at most ``max_blocks`` blocks from the cursor (in ``chunk``-sized log queries) and advances
+the cursor past them, so a poll costs the same whether the chain holds ten blocks or a million;
+history is read once, never rescanned. The follower also keeps the few facts every agent needs
+from events (state on chain has digests only; CIDs live in events):
+
+* ``cids``: model digest -> CID, from ``TaskCreated`` (initial model), ``HandoffRecorded`` and
+  ``RoundFinalized``;
+* ``created``: the ``TaskCreated`` arguments (config digest + CID);
+* ``submissions``: federated round -> {node: ``UpdateSubmitted`` args};
+* ``flags``: federated round -> {node: reason}.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from chainfl.errors import AgentError
+
+log = logging.getLogger(__name__)
+
+#: Events an agent or coordinator of one task cares about.
+TASK_EVENTS = ("TaskCreated", "TaskClosed", "HandoffRecorded", "HandoffRejected", "TurnSkipped",
+               "RoundOpened", "UpdateSubmitted", "UpdateFlagged", "RoundFinalized")
+
+
+@dataclass
+class TaskHistory:
+    """What the events of one task said so far (filled by :class:`EventFollower`)."""
+
+    created: dict | None = None
+    closed: dict | None = None
+    cids: dict[bytes, str] = field(default_factory=dict)
+    handoffs: list[dict] = field(default_factory=list)          # HandoffRecorded args, in order
+    rejections: list[dict] = field(default_factory=list)        # HandoffRejected args, in order
+    skips: list[dict] = field(default_factory=list)             # TurnSkipped args, in order
+    rounds: dict[int, dict] = field(default_factory=dict)       # round -> RoundOpened args
+    submissions: dict[int, dict[str, dict]] = field(default_factory=dict)
+    flags: dict[int, dict[str, str]] = field(default_factory=dict)
+    finalized: dict[int, dict] = field(default_factory=dict)    # round -> RoundFinalized args
+    created_block: int | None = None
+
+    def apply(self, event) -> None:
+        a = event.args
+        name = event.name
+        if name == "TaskCreated":
+            self.created = a
+            self.created_block = event.block_number
+            self.cids[a["initialDigest"]] = a["initialCid"]
+        elif name == "TaskClosed":
+            self.closed = a
+        elif name == "HandoffRecorded":
+            self.handoffs.append(a)
+            self.cids[a["digest"]] = a["cid"]
+        elif name == "HandoffRejected":
+            self.rejections.append(a)
+        elif name == "TurnSkipped":
+            self.skips.append(a)
+        elif name == "RoundOpened":
+            self.rounds[int(a["round"])] = a
+        elif name == "UpdateSubmitted":
+            self.submissions.setdefault(int(a["round"]), {})[a["node"]] = a
+            self.cids.setdefault(a["digest"], a["cid"])
+        elif name == "UpdateFlagged":
+            self.flags.setdefault(int(a["round"]), {})[a["node"]] = a["reason"]
+        elif name == "RoundFinalized":
+            self.finalized[int(a["round"])] = a
+            self.cids[a["digest"]] = a["cid"]
+
+    def cid_of(self, digest: bytes) -> str:
+        try:
+            return self.cids[bytes(digest)]
+        except KeyError:
+            raise AgentError(f"no event names a CID for model 0x{bytes(digest).hex()} yet; the follower "
+                             f"has not read the block that recorded it (poll again)") from None
+
+
+class EventFollower:
+    """Reads one task's registry events from ``start_block`` on; see the module docstring."""
+
+    def __init__(self, registry, task_id: int, start_block: int = 0, chunk: int = 2000,
+                 max_blocks: int = 20_000):
+        if chunk < 1 or max_blocks < 1:
+            raise AgentError(f"chunk and max_blocks must be >= 1, got {chunk}, {max_blocks}")
+        self.registry = registry
+        self.task_id = int(task_id)
+        self.cursor = max(int(start_block), 0)
+        self.chunk = int(chunk)
+        self.max_blocks = int(max_blocks)
+        self.history = TaskHistory()
+
+    def poll(self) -> list:
+        """Read the next (at most ``max_blocks``) blocks; returns their events for this task."""
+        latest = self.registry.chain.block_number()
+        if latest < self.cursor:
+            return []
+        end = min(latest, self.cursor + self.max_blocks - 1)
+        events = self.registry.events(self.cursor, end, task_id=self.task_id, names=TASK_EVENTS,
+                                      chunk=self.chunk)
+        for event in events:
+            self.history.apply(event)
+        log.debug("task %s: read blocks %s..%s, %s event(s)", self.task_id, self.cursor, end, len(events))
+        self.cursor = end + 1
+        return events
+
+    def catch_up(self) -> list:
+        """Poll until the cursor has passed the latest block (bounded queries each time)."""
+        out = []
+        while True:
+            out += self.poll()
+            if self.cursor > self.registry.chain.block_number():
+                return out

@@ -1,0 +1,90 @@
+"""Models and specs through the store, verified against the digests on chain.
+
+Thin I/O around the codec: every blob an agent uses is fetched by CID and checked against the
+digest the chain records (:func:`chainfl.storage.codec.fetch_verified`) before it is parsed, and
+model blobs are parsed only against the shapes the task's model must have. A blob that fails
+either check raises (:class:`IntegrityError` / :class:`CodecError`) and is never loaded.
+
+Blob meta (the safetensors ``__metadata__``) written by the agents, for auditors and ``detect``:
+
+* node result / update: ``{"kind": "handoff"|"update", "task": id, "node": address, "step": s}``
+  (``step``: chained seq before the handoff, federated round);
+* initial model: ``{"kind": "initial", "seed": seed}``;
+* federated aggregate: ``{"kind": "aggregate", "task": id, "round": r}``;
+* release: ``{"kind": "release", "task": id, "source": "0x<digest of the trained model>",
+  "threshold": t, "scaler": Scaler.to_dict(), "feature_names": [...], "model": ModelConfig dict}``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from chainfl.agents.spec import TaskSpec
+from chainfl.learning.models import ModelConfig, build_model, expected_shapes, get_state
+from chainfl.learning.train import TrainConfig
+from chainfl.storage.codec import decode_model, digest, encode_model, fetch_verified
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A blob put into the store: its sha256 (as recorded on chain) and CID."""
+
+    digest: bytes
+    cid: str
+    blob: bytes
+
+    @property
+    def hex(self) -> str:
+        return "0x" + self.digest.hex()
+
+
+def put_blob(store, blob: bytes) -> Stored:
+    cid = store.put(blob)
+    return Stored(digest(blob), cid, blob)
+
+
+def put_model(store, state, meta: dict) -> Stored:
+    """Encode ``state`` with ``meta`` (deterministic bytes) and put it into ``store``."""
+    return put_blob(store, encode_model(state, meta))
+
+
+def model_config(spec: TaskSpec) -> ModelConfig:
+    return ModelConfig.from_dict(spec.model)
+
+
+def train_config(spec: TaskSpec) -> TrainConfig:
+    return TrainConfig.from_dict(spec.train)
+
+
+def expected_of_spec(spec: TaskSpec) -> dict:
+    """name -> (shape, float32) of the task's model, in the model's parameter order."""
+    shapes = expected_shapes(model_config(spec), len(spec.feature_names))
+    return OrderedDict((name, (shape, np.dtype(np.float32))) for name, shape in shapes.items())
+
+
+def initial_state(spec: TaskSpec):
+    """The task's freshly initialised model (seeded by ``spec.seed``)."""
+    return get_state(build_model(model_config(spec), len(spec.feature_names), spec.seed))
+
+
+def load_model(store, cid: str, expected_digest: bytes, spec: TaskSpec, timeout: float = 30.0):
+    """Fetch ``cid``, verify it against ``expected_digest`` and decode it for ``spec``'s model.
+
+    Returns ``(state, meta)`` with ``state`` in the model's parameter order; raises IntegrityError / CodecError / BlobNotFoundError otherwise."""
+    blob = fetch_verified(store, cid, expected_digest, timeout=timeout)
+    expected = expected_of_spec(spec)
+    state, meta = decode_model(blob, expected)
+    return OrderedDict((name, state[name]) for name in expected), meta   # the model's own order
+
+
+def load_spec(store, cid: str, expected_digest: bytes, timeout: float = 30.0) -> TaskSpec:
+    """Fetch the task config blob, verify it against the digest on chain, parse it."""
+    return TaskSpec.from_bytes(fetch_verified(store, cid, expected_digest, timeout=timeout))
+
+
+def node_seed(spec: TaskSpec, node_index: int, step: int) -> int:
+    """Training seed of node ``node_index`` at ``step`` (chained: pass number; federated: round)."""
+    return int(spec.seed) + 1000 * int(step) + int(node_index)

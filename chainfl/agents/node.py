@@ -1,0 +1,319 @@
+"""The node agent: one account, its own data, acting on chain when it is its turn.
+
+A :class:`NodeAgent` never trusts its own memory for what to do: each :meth:`NodeAgent.step`
+reads new registry events (bounded, from a cursor) and the task's state on chain, and derives the
+one thing left to do from them:
+
+* **chained** — when ``task.expected`` is this node: if the head is a model not yet accepted, fetch
+  it by CID (from the ``HandoffRecorded`` event), verify it against the digest on chain and score
+  it against the last accepted model with the task's validation gate on this node's validation
+  slice; a model that is clearly worse — or whose blob fails verification — is rejected on chain
+  with the reason (``rejectHandoff``), and training starts from the last accepted model. Then
+  train on the local data, store the result, and record the handoff to the next node.
+* **federated** — when a round is open, its deadline not passed, and this node has not submitted
+  to it (``hasSubmitted``): fetch and verify the round's global model, train, store, submit.
+* **end** — once training is over (chained: ``rounds × nodes`` handoffs; federated: the last round
+  finalized) it sends the coordinator a signed histogram of its validation scores per class
+  (:mod:`chainfl.agents.reports`) for the candidate final model(s).
+
+Crash safety: the chain state is re-read right before every transaction, so an agent restarted
+after a crash (even between storing a result and submitting it) redoes only what the chain lacks;
+training is deterministic (seed from the task seed, the node's index and the step), so the redone
+result has the same bytes and CID. Reverts that mean "someone else moved first" (not your turn,
+stale parent, round closed, deadline passed, already submitted) are caught as the typed
+:class:`~chainfl.errors.ContractError`, logged, and the agent carries on.
+
+The gate's step-size history lives in memory: an agent restarted mid-task re-learns it from the
+handoffs it checks afterwards (the loss test applies from the first check).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from chainfl.agents import modelio
+from chainfl.agents.follower import EventFollower
+from chainfl.agents.reports import NodeReport
+from chainfl.agents.threshold import score_histogram
+from chainfl.aggregation.attacks import AttackConfig, poison_labels, poison_update
+from chainfl.chain.registry import Mode
+from chainfl.data.scaling import FeatureStats, Scaler
+from chainfl.errors import AgentError, BlobNotFoundError, CodecError, ContractError, IntegrityError
+from chainfl.learning.chained import ValidationGate
+from chainfl.learning.evaluate import predict_scores
+from chainfl.learning.models import flatten, unflatten
+from chainfl.learning.train import train_local
+
+log = logging.getLogger(__name__)
+
+#: Gas for the agent's own transactions (skips an estimate round trip; a revert is still decoded).
+SUBMIT_GAS = 400_000
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """A node's own rows, unscaled: training part and held-out validation slice."""
+
+    X: np.ndarray               # [n, d] raw features, columns in ``feature_names`` order
+    y: np.ndarray               # [n] 0/1
+    X_val: np.ndarray           # [m, d]
+    y_val: np.ndarray           # [m]
+    feature_names: tuple[str, ...]
+
+    def stats(self, log_columns="all") -> FeatureStats:
+        """Aggregate statistics of the training rows (all this node shares for scaling)."""
+        return FeatureStats.compute(self.X, self.feature_names, log_columns)
+
+    @classmethod
+    def split(cls, X, y, feature_names, val_fraction: float = 0.2, seed: int = 0) -> "LocalData":
+        """Seeded stratified split of one node's rows (each class keeps >= 1 training row)."""
+        X = np.asarray(X, dtype=np.float32)
+        y = np.asarray(y).astype(np.int64)
+        rng = np.random.default_rng(seed)
+        val = []
+        for c in (0, 1):
+            idx = rng.permutation(np.flatnonzero(y == c))
+            k = int(math.floor(len(idx) * val_fraction))
+            val.extend(idx[:k].tolist())
+        mask = np.zeros(len(y), dtype=bool)
+        mask[val] = True
+        return cls(X[~mask], y[~mask], X[mask], y[mask], tuple(feature_names))
+
+
+class NodeAgent:
+    """See the module docstring. ``attack`` makes this node malicious (evaluation only)."""
+
+    def __init__(self, registry, store, account, task_id: int, data: LocalData, *,
+                 reports=None, attack: AttackConfig | None = None, start_block: int = 0,
+                 fetch_timeout: float = 30.0):
+        self.registry = registry
+        self.chain = registry.chain
+        self.store = store
+        self.account = account
+        self.address = account.address
+        self.task_id = int(task_id)
+        self.data = data
+        self.reports = reports
+        self.attack = attack if attack is not None and attack.kind != "none" else None
+        self.fetch_timeout = fetch_timeout
+        self.follower = EventFollower(registry, task_id, start_block=start_block)
+        self.spec = None
+        self.index = -1
+        self._scaled = None
+        self._gate = None
+        self._step_history: list[float] = []
+        self._reported: set[str] = set()
+        self.actions: list[str] = []          # what this agent did, for logs and tests
+
+    def __repr__(self) -> str:   # never shows the key
+        return f"NodeAgent({self.address}, task {self.task_id})"
+
+    # -- setup ------------------------------------------------------------------------------
+    def _ensure_spec(self) -> bool:
+        if self.spec is not None:
+            return True
+        created = self.follower.history.created
+        if created is None:
+            return False
+        spec = modelio.load_spec(self.store, created["configCid"], created["configDigest"], self.fetch_timeout)
+        lowered = [a.lower() for a in spec.nodes]
+        if self.address.lower() not in lowered:
+            raise AgentError(f"{self.address} is not a node of task {self.task_id}; its nodes are "
+                             f"{', '.join(spec.nodes)}")
+        if tuple(self.data.feature_names) != tuple(spec.feature_names):
+            raise AgentError(f"this node's data has columns {list(self.data.feature_names)[:5]}..., task "
+                             f"{self.task_id} needs {list(spec.feature_names)[:5]}... in that order; "
+                             f"load the data with the task's feature list")
+        scaler = Scaler.from_dict(spec.scaler)
+        self._scaled = (scaler.transform(self.data.X), self.data.y.astype(np.int64),
+                        scaler.transform(self.data.X_val), self.data.y_val.astype(np.int64))
+        self._gate = ValidationGate(**spec.gate) if spec.gate else None
+        self.index = lowered.index(self.address.lower())
+        self.spec = spec
+        return True
+
+    # -- the loop ---------------------------------------------------------------------------
+    def step(self) -> str:
+        """Read new events and chain state; do what is left to do. Returns what it did."""
+        self.follower.catch_up()
+        if not self._ensure_spec():
+            return "waiting"
+        task = self.registry.task(self.task_id)
+        if task.closed:
+            return "done"
+        if task.mode == Mode.CHAINED:
+            action = self._chained(task)
+        else:
+            action = self._federated(task)
+        if action not in ("idle", "waiting"):
+            self.actions.append(action)
+        return action
+
+    def run(self, poll_interval: float = 0.5, timeout: float | None = None, stop=None) -> None:
+        """Step until the task is closed (or ``timeout`` seconds, or ``stop()`` returns True)."""
+        start = time.monotonic()
+        while True:
+            if self.step() == "done":
+                return
+            if stop is not None and stop():
+                return
+            if timeout is not None and time.monotonic() - start > timeout:
+                raise AgentError(f"{self}: task not closed after {timeout:.0f} s; the coordinator may "
+                                 f"be down (restart it; agents resume from chain state)")
+            time.sleep(poll_interval)
+
+    # -- chained ----------------------------------------------------------------------------
+    def _chained(self, task) -> str:
+        spec = self.spec
+        finished = task.seq >= spec.total_handoffs
+        if task.expected is None or task.expected.lower() != self.address.lower():
+            if finished:
+                return self._report({task.head, task.accepted})
+            return "idle"
+        if finished and "0x" + task.head.hex() in self._reported:
+            return "idle"            # final check done (the coordinator closes the task)
+        # it is our turn: look at the incoming (unaccepted) model first
+        start_digest = task.accepted
+        rejected = False
+        if task.head != task.accepted:
+            ok, reason, head_state = self._check_incoming(task)
+            if not ok:
+                try:
+                    self.registry.reject_handoff(self.task_id, task.head, reason[:200], self.account)
+                except ContractError as e:
+                    log.info("%s: rejection of 0x%s reverted (%s); re-reading the chain", self,
+                             task.head.hex()[:12], e.error_name)
+                    return "reverted"
+                log.info("task %s: %s rejected model 0x%s: %s", self.task_id, self.address,
+                         task.head.hex()[:12], reason)
+                rejected = True
+            else:
+                start_digest = task.head
+        if finished:   # final check only; report on whichever model survived
+            head = self.registry.task(self.task_id).head
+            return self._report({head}) if not rejected else self._report({head}, tag="rejected+reported")
+        state = self._load(start_digest)
+        result = self._train(state, step=task.seq // len(spec.nodes))
+        stored = modelio.put_model(self.store, result[0], {"kind": "handoff", "task": self.task_id,
+                                                           "node": self.address, "step": int(task.seq)})
+        self._before_submit(stored)
+        # re-read right before sending: act only if the chain still expects exactly this
+        now = self.registry.task(self.task_id)
+        if now.closed or now.expected is None or now.expected.lower() != self.address.lower() \
+                or now.head != start_digest or now.seq != task.seq:
+            log.info("%s: chain moved on while training (seq %s -> %s); not submitting", self, task.seq, now.seq)
+            return "stale"
+        nxt = spec.next_node(self.address)
+        try:
+            self.registry.record_handoff(self.task_id, start_digest, stored.digest, stored.cid, result[1],
+                                         result[2], nxt, self.account, gas=SUBMIT_GAS)
+        except ContractError as e:
+            log.info("%s: handoff reverted (%s: %s); re-reading the chain", self, e.error_name, e)
+            return "reverted"
+        log.info("task %s: handoff %s by %s (loss %.4f, %s samples) -> %s", self.task_id, task.seq + 1,
+                 self.address, result[2], result[1], nxt)
+        return "rejected+handoff" if rejected else "handoff"
+
+    def _check_incoming(self, task):
+        """(accept, reason, state) for the unaccepted head, against the last accepted model."""
+        try:
+            head_state = self._load(task.head)
+        except (IntegrityError, CodecError) as e:
+            return False, f"blob failed verification: {type(e).__name__}: {e}", None
+        except BlobNotFoundError as e:
+            return False, f"blob not retrievable: {e}", None
+        if self._gate is None:
+            return True, "no gate", head_state
+        accepted_state = self._load(task.accepted)
+        cfg = modelio.model_config(self.spec)
+        _, _, Xv, yv = self._scaled
+        samples = self._samples_of(task.head)
+        steps = max(1, self.spec.train.get("epochs", 1) * math.ceil(samples / self.spec.train.get("batch_size", 64)))
+        step = float(np.linalg.norm(flatten(head_state).astype(np.float64) - flatten(accepted_state))) / steps
+        ok, reason = self._gate.check(self._gate.score(cfg, head_state, Xv, yv),
+                                      self._gate.score(cfg, accepted_state, Xv, yv), step, self._step_history)
+        if ok:
+            self._step_history.append(step)
+        return ok, reason, head_state
+
+    def _samples_of(self, digest: bytes) -> int:
+        for h in reversed(self.follower.history.handoffs):
+            if h["digest"] == digest:
+                return int(h["samples"])
+        return 1
+
+    # -- federated --------------------------------------------------------------------------
+    def _federated(self, task) -> str:
+        spec = self.spec
+        hist = self.follower.history
+        if spec.rounds in hist.finalized:
+            return self._report({hist.finalized[spec.rounds]["digest"]})
+        r = task.round
+        if not task.round_open or r < 1 or r > spec.rounds:
+            return "idle"
+        if self.registry.has_submitted(self.task_id, r, self.address):
+            return "idle"
+        if self.chain.latest_timestamp() > task.deadline:
+            return "idle"
+        state = self._load(task.head)
+        result = self._train(state, step=r)
+        stored = modelio.put_model(self.store, result[0], {"kind": "update", "task": self.task_id,
+                                                           "node": self.address, "step": int(r)})
+        self._before_submit(stored)
+        now = self.registry.task(self.task_id)
+        if now.closed or not now.round_open or now.round != r or now.head != task.head \
+                or self.registry.has_submitted(self.task_id, r, self.address):
+            log.info("%s: round %s moved on while training; not submitting", self, r)
+            return "stale"
+        try:
+            self.registry.submit_update(self.task_id, r, task.head, stored.digest, stored.cid, result[1],
+                                        result[2], self.account, gas=SUBMIT_GAS)
+        except ContractError as e:
+            log.info("%s: submission to round %s reverted (%s); carrying on", self, r, e.error_name)
+            return "reverted"
+        log.info("task %s: round %s update by %s (loss %.4f, %s samples)", self.task_id, r, self.address,
+                 result[2], result[1])
+        return "submitted"
+
+    # -- shared -----------------------------------------------------------------------------
+    def _load(self, digest: bytes):
+        cid = self.follower.history.cid_of(digest)
+        state, _ = modelio.load_model(self.store, cid, digest, self.spec, self.fetch_timeout)
+        return state
+
+    def _train(self, state, step: int):
+        """(state, samples, loss): local training from ``state``; attacks applied if malicious."""
+        X, y, _, _ = self._scaled
+        cfg = replace(modelio.train_config(self.spec), seed=modelio.node_seed(self.spec, self.index, step))
+        if self.attack is not None:
+            y = poison_labels(self.attack, y)
+        res = train_local(modelio.model_config(self.spec), state, X, y, cfg)
+        out = res.state
+        if self.attack is not None and self.attack.poisons_model:
+            vec = poison_update(self.attack, flatten(res.state), flatten(state), 1000 * step + self.index)
+            out = unflatten(vec, res.state)
+        return out, int(res.n_samples), float(res.loss)
+
+    def _before_submit(self, stored) -> None:
+        """Called after the result is stored and before it is submitted (a crash point in tests)."""
+
+    def _report(self, digests, tag: str = "reported") -> str:
+        todo = sorted("0x" + bytes(d).hex() for d in digests if "0x" + bytes(d).hex() not in self._reported)
+        if not todo or self.reports is None:
+            return "idle"
+        cfg = modelio.model_config(self.spec)
+        _, _, Xv, yv = self._scaled
+        histograms = {}
+        for hexd in todo:
+            state = self._load(bytes.fromhex(hexd[2:]))
+            histograms[hexd] = score_histogram(predict_scores(cfg, state, Xv), yv)
+        self.reports.put(NodeReport(self.task_id, self.address, histograms).signed(self.account))
+        self._reported.update(todo)
+        log.info("task %s: %s reported validation histograms for %s model(s)", self.task_id, self.address,
+                 len(todo))
+        return tag

@@ -46,7 +46,7 @@ class Store(Protocol):
     def has(self, cid: str) -> bool:
         """True if the store holds ``cid``."""
 
-    def pin(self, cid: str) -> None:
+    def pin(self, cid: str, timeout: float | None = 30.0) -> None:
         """Keep ``cid`` (BlobNotFoundError if the store does not hold it)."""
 
 

@@ -200,8 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     daemon = IpfsDaemon(args.repo, api_port=args.port)
     daemon.start()
     print(f"IPFS daemon ready: --store {daemon.url}  (repo {daemon.repo_dir}; Ctrl-C stops it)", flush=True)
+    def _interrupt(*_):
+        raise KeyboardInterrupt
+
     try:
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+        signal.signal(signal.SIGTERM, _interrupt)
         while daemon.running:
             time.sleep(1)
     except KeyboardInterrupt:

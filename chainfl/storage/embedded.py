@@ -26,6 +26,10 @@ from chainfl.storage.cid import RAW, Cid, block_cid, build_dag, decode_file_node
 
 log = logging.getLogger(__name__)
 
+#: Deepest dag-pb tree ``get`` follows: 174**8 leaves of 256 KiB is far beyond any blob; a deeper
+#: (hand-crafted) tree is refused instead of exhausting the Python stack.
+MAX_DEPTH = 8
+
 
 class EmbeddedStore:
     """Content-addressed blocks in a local directory (created on first write)."""
@@ -62,7 +66,7 @@ class EmbeddedStore:
         parsed = parse_cid(cid)
         name = str(parsed)
         out = bytearray()
-        self._assemble(parsed, name, out, expected_size=None)
+        self._assemble(parsed, name, out, expected_size=None, depth=0)
         return bytes(out)
 
     def has(self, cid: str) -> bool:
@@ -81,8 +85,11 @@ class EmbeddedStore:
                 pending.extend(link.cid for link in node.links)
         return True
 
-    def pin(self, cid: str) -> None:
-        """Mark ``cid`` as pinned. The embedded store never collects blocks; this records intent."""
+    def pin(self, cid: str, timeout: float | None = None) -> None:
+        """Mark ``cid`` as pinned. The embedded store never collects blocks; this records intent.
+
+        ``timeout`` is accepted for interface parity. Raises :class:`BlobNotFoundError` if absent.
+        """
         name = str(parse_cid(cid))
         if not self.has(name):
             raise BlobNotFoundError(
@@ -146,7 +153,11 @@ class EmbeddedStore:
             raise IntegrityError(f"Blob {blob}: block {cid} is not a UnixFS file node ({e}).",
                                  cid=blob, expected=str(cid)) from e
 
-    def _assemble(self, cid: Cid, blob: str, out: bytearray, expected_size: int | None) -> None:
+    def _assemble(self, cid: Cid, blob: str, out: bytearray, expected_size: int | None,
+                  depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise IntegrityError(f"Blob {blob}: its block tree is deeper than {MAX_DEPTH} levels; "
+                                 f"IPFS never builds such a tree for a file. Refused.", cid=blob)
         block = self._read_block(cid, blob)
         start = len(out)
         if cid.codec == RAW:
@@ -155,7 +166,7 @@ class EmbeddedStore:
             node = self._decode(block, cid, blob)
             out += node.data
             for link, size in zip(node.links, node.blocksizes):
-                self._assemble(link.cid, blob, out, expected_size=size)
+                self._assemble(link.cid, blob, out, expected_size=size, depth=depth + 1)
             if len(out) - start != node.filesize:
                 raise IntegrityError(
                     f"Blob {blob}: node {cid} declares {node.filesize} bytes but its blocks hold "

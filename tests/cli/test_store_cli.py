@@ -99,3 +99,15 @@ def test_missing_cid_and_bad_store_are_clean_errors(runner, tmp_path):
     assert missing.exit_code == 1 and "No blob" in missing.output
     assert bad.exit_code == 1 and "file:///" in bad.output
     assert "Traceback" not in missing.output + bad.output
+
+
+def test_put_from_stdin_and_get_to_stdout(runner, tmp_path):
+    store_url = (tmp_path / "store").as_uri()
+
+    put = runner.invoke(main, ["store", "put", "-", "--store", store_url], input=DATA)
+    assert put.exit_code == 0, put.output
+    cid = put.stdout.strip()
+    got = runner.invoke(main, ["store", "get", cid, "-o", "-", "--store", store_url])
+
+    assert got.exit_code == 0, got.output
+    assert got.stdout_bytes == DATA

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
 from urllib.parse import urlsplit
 
 
@@ -20,9 +19,9 @@ def pseudo_random(size: int, seed: int = 0) -> bytes:
 
 def daemon_client(ipfs_url: str):
     """A raw ipfshttpclient client for the daemon: an independent path to what the daemon stores."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import ipfshttpclient
+    from chainfl.storage.ipfs import _ipfshttpclient
+
+    ipfshttpclient = _ipfshttpclient()
     parts = urlsplit(ipfs_url)
     return ipfshttpclient.Client(f"/ip4/{parts.hostname}/tcp/{parts.port}/http")
 

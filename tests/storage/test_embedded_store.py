@@ -146,3 +146,18 @@ def test_pin_records_marker(store):
     store.pin(cid)
 
     assert store.pinned() == [cid]
+
+
+def test_hand_crafted_deep_tree_is_refused(store):
+    from chainfl.storage.cid import DAG_PB, _encode_file_node, block_cid
+    from chainfl.storage.embedded import MAX_DEPTH
+
+    # A chain of single-link file nodes, each verified by hash, deeper than IPFS ever builds.
+    child, tsize, size = parse_cid(store.put(b"x")), 1, 1
+    for _ in range(MAX_DEPTH + 2):
+        node = _encode_file_node([(child, tsize, size)])
+        child, tsize = block_cid(node, DAG_PB), tsize + len(node)
+        store._write_atomic(store._block_path(str(child)), node)
+
+    with pytest.raises(IntegrityError, match="deeper"):
+        store.get(str(child))

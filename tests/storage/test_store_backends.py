@@ -63,7 +63,7 @@ def test_missing_blob_raises_blob_not_found_naming_the_cid(store):
 
 def test_pin_of_missing_blob_raises_blob_not_found(store):
     with pytest.raises(BlobNotFoundError):
-        store.pin(MISSING) if "file:" in store.url else store.pin(MISSING, timeout=1)
+        store.pin(MISSING, timeout=1)
 
 
 def test_invalid_cid_is_a_typed_error(store):

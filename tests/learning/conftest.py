@@ -1,0 +1,12 @@
+"""Tiny models train fastest on one thread; several threads oversubscribe a shared 2-core box."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

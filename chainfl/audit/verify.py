@@ -454,10 +454,13 @@ class _Auditor:
                   "recomputed": None}
         self.aggregates.append(record)
         usable = [(s, st) for s, st in updates if st is not None]
-        if strategy is None or global_state is None or not have_aggregate or len(usable) != len(updates):
+        # an update whose blob fails verification can only have been left out, and then it must be
+        # flagged on chain (the coordinator could not use it either)
+        unusable = [s.node for s, st in updates if st is None and s.node not in r.flags]
+        if strategy is None or global_state is None or not have_aggregate or unusable:
             why = ("no strategy" if strategy is None else "the global model is unavailable"
                    if global_state is None else "the aggregate blob is unavailable" if not have_aggregate
-                   else "an update blob is unavailable")
+                   else f"the update of {', '.join(unusable)} is unavailable and not flagged")
             record["inputs"] = f"not recomputed: {why}"
             self.violate("aggregate-unverifiable", f"aggregate cannot be recomputed: {why}", **fw)
             return
@@ -465,7 +468,7 @@ class _Auditor:
         reference = self.ordered(global_state)
         ref_vec = flatten(reference)
         flagged, included = set(r.flags), set(r.included)
-        candidates = [("all submitted updates", lambda s: True),
+        candidates = [("all verifiable updates", lambda s: True),
                       ("submitted minus flagged", lambda s: s.node not in flagged),
                       ("included and flagged", lambda s: s.node in included or s.node in flagged),
                       ("included only", lambda s: s.node in included)]

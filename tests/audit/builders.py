@@ -16,6 +16,7 @@ from chainfl.agents.spec import TaskSpec
 from chainfl.aggregation.strategies import Strategy, Update, get_strategy
 from chainfl.chain.registry import Mode, Registry
 from chainfl.data.scaling import Scaler
+from chainfl.learning.evaluate import choose_threshold, predict_scores
 from chainfl.learning.models import ModelConfig, build_model, flatten, get_state, unflatten
 from chainfl.learning.train import TrainConfig, train_local
 from chainfl.storage.codec import decode_model, digest, encode_model
@@ -95,15 +96,26 @@ def _close(rec: Recorded, state) -> None:
 
 
 def record_chained(chain, store, n_nodes: int = 3, rounds: int = 2, seed: int = 0, reject_at: int | None = None,
-                   close: bool = True, registry_nodes=None) -> Recorded:
+                   close: bool = True, registry_nodes=None, dataset=None, model: ModelConfig = MODEL,
+                   train: TrainConfig = TRAIN) -> Recorded:
     """An honest chained task: ``rounds`` passes over ``n_nodes`` nodes. With ``reject_at=k``, the
-    node receiving handoff k rejects it (recorded), then trains from the last accepted model."""
+    node receiving handoff k rejects it (recorded), then trains from the last accepted model.
+    With ``dataset`` (a :class:`chainfl.data.Dataset`), nodes train on its rows split in order and
+    the release threshold is the F1-best one on those rows; else on synthetic data."""
     registry, coord, nodes = registry_nodes or setup_registry(chain, n_nodes)
-    spec = _spec("chained", nodes, rounds, None, seed)
-    data = [synthetic(40, seed + i) for i in range(n_nodes)]
+    if dataset is None:
+        spec = _spec("chained", nodes, rounds, None, seed)
+        data = [synthetic(40, seed + i) for i in range(n_nodes)]
+    else:
+        spec = TaskSpec(mode="chained", nodes=tuple(n.address for n in nodes), rounds=rounds,
+                        model=model.to_dict(), train=train.to_dict(), feature_names=tuple(dataset.feature_names),
+                        scaler=Scaler.fit(dataset.X, dataset.feature_names).to_dict(), seed=seed)
+        parts = np.array_split(np.arange(len(dataset)), n_nodes)
+        data = [(dataset.X[p], dataset.y[p]) for p in parts]
     scaler = Scaler.from_dict(spec.scaler)
+    features = len(spec.feature_names)
     spec_d, spec_cid = _put(store, spec.to_bytes())
-    state = get_state(build_model(MODEL, len(FEATURES), seed))
+    state = get_state(build_model(model, features, seed))
     head_d, head_cid = _put(store, encode_model(state, {"kind": "initial"}))
     task_id = registry.create_task(spec_d, spec_cid, Mode.CHAINED, head_d, head_cid, nodes[0], coord)
     rec = Recorded(chain, registry, store, task_id, spec, nodes, coord, [head_d], [head_cid])
@@ -117,8 +129,8 @@ def record_chained(chain, store, n_nodes: int = 3, rounds: int = 2, seed: int = 
             head_state, head_d = accepted_state, rec.digests[-2]
             reject_at = None
         X, y = data[i % n_nodes]
-        res = train_local(MODEL, head_state, scaler.transform(X), y,
-                          TrainConfig(**{**TRAIN.to_dict(), "seed": seed + i}))
+        res = train_local(model, head_state, scaler.transform(X), y,
+                          TrainConfig(**{**train.to_dict(), "seed": seed + i}))
         blob = encode_model(res.state, {"kind": "handoff", "seq": seq + 1})
         d, cid = _put(store, blob)
         nxt = nodes[(i + 1) % n_nodes]
@@ -128,6 +140,9 @@ def record_chained(chain, store, n_nodes: int = 3, rounds: int = 2, seed: int = 
         rec.cids.append(cid)
         seq += 1
         i += 1
+    if dataset is not None:
+        scores = predict_scores(model, head_state, scaler.transform(dataset.X))
+        rec.threshold = choose_threshold(scores, dataset.y)
     if close:
         _close(rec, head_state)
     return rec

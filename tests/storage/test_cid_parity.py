@@ -11,13 +11,16 @@ from chainfl.storage.cid import CHUNK_SIZE, MAX_LINKS
 
 from _helpers import daemon_add, daemon_client, pseudo_random
 
+# ipfshttpclient 0.7 passes urllib3's removed `strict` argument (chainfl.storage.ipfs silences it too).
+pytestmark = pytest.mark.filterwarnings("ignore:The 'strict' parameter:FutureWarning")
+
 SIZES = [0, 1, 2, 1000, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 2 * CHUNK_SIZE,
          3 * CHUNK_SIZE + 17, 5 * 2**20, 5 * 2**20 + 7]
 
 
 @pytest.fixture(scope="module")
-def client(ipfs_url):
-    c = daemon_client(ipfs_url)
+def client(daemon_url):
+    c = daemon_client(daemon_url)
     yield c
     c.close()
 

@@ -20,8 +20,8 @@ def embedded(tmp_path):
 
 
 @pytest.fixture
-def daemon(ipfs_url):
-    return open_store(ipfs_url)
+def daemon(daemon_url):
+    return open_store(daemon_url)
 
 
 def test_put_embedded_then_get_from_daemon(embedded, daemon):
@@ -44,11 +44,11 @@ def test_put_daemon_then_get_into_embedded(embedded, daemon):
     assert embedded.get(cid) == data
 
 
-def test_daemon_holds_the_same_blocks_as_the_embedded_store(embedded, daemon, ipfs_url):
+def test_daemon_holds_the_same_blocks_as_the_embedded_store(embedded, daemon, daemon_url):
     data = pseudo_random(SIZE, seed=13)
     cid = embedded.put(data)
     daemon.put(data)
-    client = daemon_client(ipfs_url)
+    client = daemon_client(daemon_url)
 
     for block_cid, block in embedded.blocks(cid):
         assert client.block.get(block_cid, timeout=10) == block

@@ -63,15 +63,15 @@ def test_no_daemon_is_store_unavailable_with_advice():
     assert "127.0.0.1:1" in message and "--store file://" in message
 
 
-def test_http_url_is_the_same_daemon(ipfs_url):
-    http_url = ipfs_url.replace("ipfs://", "http://")
-    cid = open_store(ipfs_url).put(b"same daemon")
+def test_http_url_is_the_same_daemon(daemon_url):
+    http_url = daemon_url.replace("ipfs://", "http://")
+    cid = open_store(daemon_url).put(b"same daemon")
 
     assert open_store(http_url).get(cid, timeout=10) == b"same daemon"
 
 
-def test_second_daemon_on_a_taken_port_refuses_to_start(ipfs_url, tmp_path):
-    port = int(ipfs_url.rsplit(":", 1)[1])
+def test_second_daemon_on_a_taken_port_refuses_to_start(daemon_url, tmp_path):
+    port = int(daemon_url.rsplit(":", 1)[1])
     daemon = IpfsDaemon(tmp_path / "repo", api_port=port)
 
     with pytest.raises(StoreUnavailableError, match="already answers"):
@@ -100,8 +100,10 @@ def test_daemon_url_and_config_are_local_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_daemon_context_manager_starts_serves_and_stops_its_process_group(tmp_path):
+def test_daemon_context_manager_starts_serves_and_stops_its_process_group(daemon_url, tmp_path):
     import os
+
+    assert daemon_url != "ipfs://127.0.0.1:15093"      # a second, independent daemon
 
     with IpfsDaemon(tmp_path / "repo", api_port=15093) as daemon:
         pgid = daemon._proc.pid

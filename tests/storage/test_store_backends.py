@@ -95,3 +95,15 @@ def test_default_store_is_embedded_under_chainfl_home(chainfl_home):
     assert store.url == (chainfl_home / "store").as_uri()
     assert (chainfl_home / "store" / "blocks").is_dir()
     assert store.get(cid) == b"default"
+
+
+def test_concurrent_puts_of_the_same_blob_are_safe(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = pseudo_random(2 * CHUNK_SIZE + 1, seed=3)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        cids = list(pool.map(lambda _: store.put(data), range(4)))
+
+    assert set(cids) == {compute_cid(data)}
+    assert store.get(cids[0], timeout=10) == data

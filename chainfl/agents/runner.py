@@ -1,0 +1,407 @@
+"""The in-process runner behind ``chainfl run``: the whole job on one machine, on a real chain.
+
+:func:`run_job` wires the parts and steps the agents deterministically in one process:
+
+1. **data** — simulate labelled activity on a fresh chain (real transactions; the embedded chain
+   by default, the ``--rpc`` node otherwise) and extract account features from its blocks; or load
+   ``--data CSV --label COL`` / the real ``eth_fraud`` dataset (a seeded, stratified test split is
+   held out);
+2. **partition** the rows over ``nodes`` node accounts (iid / dirichlet / quantity / blocks); each
+   node splits its rows into training and validation slices;
+3. **scaler** agreed from the nodes' aggregate statistics (counts, sums, sums of squares);
+4. **task** created on the registry by the :class:`Coordinator` (spec + initial model stored);
+5. **training** — :class:`NodeAgent` objects (one per account, some malicious under ``attack``) and
+   the coordinator are stepped until the task is closed; chained: the node whose turn it is,
+   federated: every node once per round; the same code runs in separate processes;
+6. **evaluation** on a "new blockchain": a simulation with another seed on an embedded chain
+   persisted in the run directory (``chainfl detect`` can re-read it), scored with the release at
+   the threshold the nodes' validation histograms chose; per-round loss and F1 too;
+7. **audit** of the task from chain events (:func:`chainfl.audit.audit_task`);
+8. **run directory** (:mod:`chainfl.agents.rundir`): config, metrics, plots, eval chain, labels,
+   audit result.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from chainfl import __version__, config
+from chainfl.agents import modelio
+from chainfl.agents.coordinator import Coordinator
+from chainfl.agents.node import LocalData, NodeAgent
+from chainfl.agents.reports import MemoryReportBox
+from chainfl.agents.setup import build_spec, open_registry
+from chainfl.agents.threshold import merge_histograms, score_histogram, threshold_from_histogram
+from chainfl.aggregation.attacks import ATTACKS, AttackConfig, choose_malicious
+from chainfl.data.partition import partition
+from chainfl.errors import AgentError, ConfigError
+from chainfl.learning.evaluate import metrics_from_scores, predict_scores
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("simulate", "eth_fraud", "csv")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``chainfl run`` does is fixed by these settings (and the backends)."""
+
+    mode: str = "chained"            # "chained" (model travels node to node) or "federated"
+    nodes: int = 6                   # node accounts (dev accounts 1..nodes; 0 coordinates)
+    rounds: int = 3                  # chained: passes over all nodes; federated: rounds
+    strategy: str = "fedavg"         # federated aggregation strategy (aggregation.STRATEGIES)
+    gate: bool = True                # chained: validation gate on incoming models
+    partition: str = "iid"           # iid | dirichlet | quantity | blocks
+    alpha: float = 0.5               # dirichlet / quantity concentration
+    attack: str = "none"             # none | label-flip | boosted | sign-flip | gaussian-noise | free-rider
+    malicious_fraction: float = 0.2  # share of malicious nodes when attack != none
+    dataset: str = "simulate"        # simulate | eth_fraud | csv
+    data: str | None = None          # CSV path (dataset="csv")
+    label: str | None = None         # label column of the CSV
+    accounts: int = 300              # simulated accounts on the training chain
+    eval_accounts: int = 300         # simulated accounts on the new (evaluation) chain
+    test_fraction: float = 0.2       # held-out test share for eth_fraud / csv
+    val_fraction: float = 0.2        # each node's validation share
+    model: str = "mlp"               # mlp | logreg
+    hidden: tuple[int, ...] = (32, 16)
+    epochs: int = 2                  # local epochs per visit / round
+    batch_size: int = 32
+    lr: float = 1e-2
+    seed: int = 0
+    rpc: str | None = None           # training chain (None: embedded eth-tester:// under CHAINFL_HOME)
+    store: str | None = None         # store (None: file:// under CHAINFL_HOME)
+    registry: str | None = None      # registry address (None: recorded deployment, else deploy)
+    round_seconds: int = 600         # federated deadline after a round opens
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.mode not in ("chained", "federated"):
+            raise ConfigError(f"unknown mode {self.mode!r}; use chained or federated")
+        if self.nodes < 1 or self.rounds < 1:
+            raise ConfigError("nodes and rounds must be >= 1")
+        if self.attack not in ATTACKS:
+            raise ConfigError(f"unknown attack {self.attack!r}; use one of {', '.join(ATTACKS)}")
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
+        if self.dataset == "csv" and not (self.data and self.label):
+            raise ConfigError("--data CSV needs --label COLUMN")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+@dataclass
+class RunResult:
+    """What a run produced (``to_dict`` is what ``--json`` prints)."""
+
+    config: RunConfig
+    run_dir: Path
+    task_id: int
+    registry: str
+    chain_url: str
+    store_url: str
+    release_cid: str
+    release_digest: str
+    threshold: float
+    test: dict                                   # metrics on the new chain / held-out test split
+    rounds: list[dict] = field(default_factory=list)
+    per_node: list[dict] = field(default_factory=list)
+    audit: dict | None = None
+    timings: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"config": self.config.to_dict(), "run_dir": str(self.run_dir), "task_id": self.task_id,
+                "registry": self.registry, "chain": self.chain_url, "store": self.store_url,
+                "release": {"cid": self.release_cid, "digest": self.release_digest, "threshold": self.threshold},
+                "test": self.test, "rounds": self.rounds, "per_node": self.per_node,
+                "audit": self.audit, "timings": self.timings, "data": self.data}
+
+
+# --- data --------------------------------------------------------------------------------------
+@dataclass
+class _Data:
+    X: np.ndarray
+    y: np.ndarray
+    feature_names: tuple[str, ...]
+    order: np.ndarray | None
+    X_test: np.ndarray
+    y_test: np.ndarray
+    test_source: str
+    info: dict
+
+
+def _simulated(chain, n_accounts: int, seed: int, progress: bool):
+    from chainfl.data.features import extract_features
+    from chainfl.data.simulator import simulate
+
+    sim = simulate(chain, n_accounts=n_accounts, seed=seed, progress=progress)
+    features = extract_features(chain.w3, sim.from_block, sim.to_block, progress=progress)
+    ds = features.dataset(sim.labels)
+    return sim, features, ds
+
+
+def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    test = []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        test.extend(idx[:int(round(len(idx) * fraction))].tolist())
+    mask = np.zeros(len(y), dtype=bool)
+    mask[test] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def _load_data(cfg: RunConfig, train_chain, run_dir: Path, progress: bool) -> _Data:
+    if cfg.dataset == "simulate":
+        t = time.monotonic()
+        sim, features, ds = _simulated(train_chain, cfg.accounts, cfg.seed, progress)
+        t_train = time.monotonic() - t
+        sim.save(run_dir / "train-simulation")
+        # the new blockchain: another seed, a fresh embedded chain kept in the run directory
+        from chainfl.chain import connect
+
+        t = time.monotonic()
+        eval_url = (run_dir / "eval-chain").as_uri().replace("file://", "eth-tester://")
+        with connect(eval_url) as eval_chain:
+            eval_sim, _, eval_ds = _simulated(eval_chain, cfg.eval_accounts, cfg.seed + 7919, progress)
+            eval_sim.save(run_dir / "eval")
+            eval_blocks = (eval_sim.from_block, eval_sim.to_block)
+        t_eval = time.monotonic() - t
+        info = {"source": "simulation", "train_accounts": len(ds.y), "train_txs": len(sim.ledger),
+                "train_positive_rate": float(ds.y.mean()), "eval_chain": eval_url,
+                "eval_blocks": list(eval_blocks), "eval_accounts": len(eval_ds.y),
+                "eval_txs": len(eval_sim.ledger), "eval_positive_rate": float(eval_ds.y.mean()),
+                "simulate_seconds": round(t_train, 1), "eval_simulate_seconds": round(t_eval, 1),
+                "eval_labels": str(run_dir / "eval" / "labels.csv")}
+        order = features.first_seen(list(ds.ids))
+        return _Data(ds.X, ds.y, tuple(ds.feature_names), order, eval_ds.X, eval_ds.y, "new chain", info)
+    from chainfl.data.datasets import load_csv, load_eth_fraud
+
+    ds = load_eth_fraud() if cfg.dataset == "eth_fraud" else load_csv(cfg.data, cfg.label)
+    X = np.nan_to_num(np.asarray(ds.X, dtype=np.float32))
+    train_idx, test_idx = _stratified_split(ds.y, cfg.test_fraction, cfg.seed)
+    info = {"source": ds.source, "rows": len(ds.y), "positive_rate": float(np.mean(ds.y)),
+            "test_rows": len(test_idx)}
+    return _Data(X[train_idx], ds.y[train_idx], tuple(ds.feature_names), None, X[test_idx], ds.y[test_idx],
+                 "held-out split", info)
+
+
+# --- the job -------------------------------------------------------------------------------------
+def limit_torch_threads(n: int = 1) -> None:
+    """Train with ``n`` intra-op threads. The models are tiny: on a loaded 2-core machine torch's
+    default thread pool made one local training step ~30x slower (25 s vs 0.8 s, measured)."""
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return config.home_dir() / "runs" / f"{stamp}-{cfg.mode}-s{cfg.seed}"
+
+
+def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -> RunResult:
+    """Run the whole job (see the module docstring); returns the results, writes the run dir."""
+    from chainfl.agents import rundir
+    from chainfl.chain import connect
+    from chainfl.storage import open_store
+
+    limit_torch_threads()
+    started = time.monotonic()
+    run_dir = Path(out) if out else default_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    chain_url = cfg.rpc or config.default_rpc()
+    store = open_store(cfg.store)
+    with connect(chain_url) as chain:
+        # 1-3. data, partition, per-node slices and statistics
+        t = time.monotonic()
+        data = _load_data(cfg, chain, run_dir, progress)
+        timings["data"] = time.monotonic() - t
+        if cfg.nodes > len(data.y):
+            raise ConfigError(f"{cfg.nodes} nodes but only {len(data.y)} training rows; use fewer nodes")
+        parts = partition(data.y, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed, order=data.order)
+        locals_ = [LocalData.split(data.X[p], data.y[p], data.feature_names, cfg.val_fraction, cfg.seed + i)
+                   for i, p in enumerate(parts)]
+        accounts = [chain.account(i + 1) for i in range(cfg.nodes)]
+        coordinator_account = chain.accounts[0]
+        spec = build_spec(mode=cfg.mode, nodes=[a.address for a in accounts], rounds=cfg.rounds,
+                          stats=[d.stats() for d in locals_], hidden=cfg.hidden, model_kind=cfg.model,
+                          epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, strategy=cfg.strategy,
+                          gate=cfg.gate, seed=cfg.seed, round_seconds=cfg.round_seconds)
+        malicious = choose_malicious(cfg.nodes, cfg.malicious_fraction, cfg.seed) if cfg.attack != "none" else []
+        attack = AttackConfig(kind=cfg.attack, fraction=cfg.malicious_fraction, seed=cfg.seed)
+
+        # 4. the task on chain
+        t = time.monotonic()
+        registry = open_registry(chain, cfg.registry, deploy=True, admin=coordinator_account)
+        box = MemoryReportBox()
+        coordinator = Coordinator(registry, store, coordinator_account, reports=box)
+        start_block = chain.block_number()
+        task_id = coordinator.create_task(spec)
+        agents = [NodeAgent(registry, store, acct, task_id, d, reports=box, start_block=start_block,
+                            attack=attack if i in malicious else None)
+                  for i, (acct, d) in enumerate(zip(accounts, locals_))]
+        timings["setup"] = time.monotonic() - t
+
+        # 5. training, stepped deterministically
+        t = time.monotonic()
+        tracker = _RoundTracker(spec, agents, data, coordinator)
+        _drive(cfg, registry, task_id, coordinator, agents, tracker, progress)
+        timings["training"] = time.monotonic() - t
+
+        # 6. evaluation with the release
+        release_state, release_meta = modelio.load_model(store, coordinator.release.cid, coordinator.release.digest,
+                                                         spec)
+        test = _score(spec, release_state, data, coordinator.threshold)
+        test["source"] = data.test_source
+
+        # 7. audit
+        t = time.monotonic()
+        audit = _audit(chain, registry, store, task_id, start_block)
+        timings["audit"] = time.monotonic() - t
+
+        per_node = _per_node(registry, task_id, coordinator, agents, malicious, start_block)
+        timings["total"] = time.monotonic() - started
+        result = RunResult(config=cfg, run_dir=run_dir, task_id=task_id, registry=registry.address,
+                           chain_url=chain.url, store_url=store.url, release_cid=coordinator.release.cid,
+                           release_digest=coordinator.release.hex, threshold=float(coordinator.threshold),
+                           test=test, rounds=tracker.rounds, per_node=per_node, audit=audit,
+                           timings={k: round(v, 2) for k, v in timings.items()}, data=data.info)
+        result.data["malicious"] = [accounts[i].address for i in malicious]
+        result.data["environment"] = {"chainfl": __version__, "python": platform.python_version(),
+                                      "machine": platform.machine(), "platform": platform.platform()}
+    rundir.write_run_dir(result)
+    return result
+
+
+def _drive(cfg, registry, task_id, coordinator, agents, tracker, progress: bool) -> None:
+    from tqdm import tqdm
+
+    spec = coordinator.spec
+    by_address = {a.address.lower(): a for a in agents}
+    total = spec.total_handoffs if spec.mode == "chained" else spec.rounds
+    bar = tqdm(total=total, unit="handoff" if spec.mode == "chained" else "round", desc="training",
+               file=sys.stderr, disable=not progress)
+    budget = 20 * (spec.total_handoffs + spec.rounds) + 50     # steps: a stuck task raises
+    try:
+        for _ in range(budget):
+            if coordinator.step() == "done":
+                return
+            task = registry.task(task_id)
+            if task.mode.name == "CHAINED" and task.seq < spec.total_handoffs:
+                agent = by_address.get((task.expected or "").lower())
+                if agent is None:
+                    raise AgentError(f"task {task_id}: the expected node {task.expected} has no agent here")
+                action = agent.step()
+                if action.endswith("handoff"):
+                    bar.update(1)
+                    tracker.after_handoff(registry.task(task_id), agent)
+            else:
+                for agent in agents:
+                    agent.step()
+                if coordinator.step() == "finalized":
+                    bar.update(1)
+                    tracker.after_round(registry.task(task_id), coordinator)
+        raise AgentError(f"task {task_id} did not finish within {budget} steps; check the log")
+    finally:
+        bar.close()
+
+
+class _RoundTracker:
+    """Per-round metrics: mean reported training loss and F1 of the round's model on the test data
+    at the threshold chosen from the nodes' validation histograms (nothing pooled)."""
+
+    def __init__(self, spec, agents, data: _Data, coordinator):
+        self.spec, self.agents, self.data, self.coordinator = spec, agents, data, coordinator
+        self.rounds: list[dict] = []
+        self._seen_handoffs = 0
+        self._seen_rejections = 0
+
+    def after_handoff(self, task, agent) -> None:
+        n = len(self.spec.nodes)
+        if task.seq % n:
+            return
+        history = self.coordinator.follower.history
+        self.coordinator.follower.catch_up()
+        new = history.handoffs[self._seen_handoffs:]
+        self._losses = [h["lossE6"] / 1e6 for h in new]
+        rejections = len(history.rejections) - self._seen_rejections
+        self._seen_handoffs, self._seen_rejections = len(history.handoffs), len(history.rejections)
+        self._record(task.seq // n, task.head, agent, {"rejections": rejections})
+
+    def after_round(self, task, coordinator) -> None:
+        r = task.round
+        info = coordinator.round_log.get(r, {})
+        self._losses = [info["mean_loss"]] if info.get("mean_loss") is not None else []
+        self._record(r, task.head, self.agents[0], {"flagged": len(info.get("flagged", [])),
+                                                     "included": len(info.get("included", []))})
+        self._losses = []
+
+    def _record(self, r: int, digest: bytes, agent, extra: dict) -> None:
+        self.coordinator.follower.catch_up()
+        state = self.coordinator._load(digest)
+        cfg = modelio.model_config(self.spec)
+        hists = []
+        for a in self.agents:
+            _, _, Xv, yv = a._scaled
+            hists.append(score_histogram(predict_scores(cfg, state, Xv), yv))
+        threshold, _ = threshold_from_histogram(merge_histograms(hists))
+        m = _score(self.spec, state, self.data, threshold)
+        row = {"round": r, "loss": float(np.mean(self._losses)) if self._losses else None,
+               "f1": m["f1"], "precision": m["precision"], "recall": m["recall"], "roc_auc": m["roc_auc"],
+               "threshold": threshold, "model": "0x" + digest.hex()}
+        row.update(extra)
+        self.rounds.append(row)
+        log.info("round %s: loss %s, F1 %.3f (threshold %.3f) %s", r,
+                 "n/a" if row["loss"] is None else f"{row['loss']:.4f}", row["f1"], threshold, extra)
+
+
+def _score(spec, state, data: _Data, threshold: float) -> dict:
+    from chainfl.data.scaling import Scaler
+
+    X = Scaler.from_dict(spec.scaler).transform(data.X_test)
+    m = metrics_from_scores(predict_scores(modelio.model_config(spec), state, X), data.y_test, threshold)
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in m.items()}
+
+
+def _audit(chain, registry, store, task_id: int, start_block: int) -> dict | None:
+    try:
+        from chainfl.audit import audit_task
+    except ImportError:
+        log.warning("chainfl.audit is not available; the run is not audited")
+        return None
+    report = audit_task(chain, registry, store, task_id, from_block=start_block)
+    d = report.to_dict()
+    d["ok"] = bool(report.ok)
+    return d
+
+
+def _per_node(registry, task_id, coordinator, agents, malicious, start_block) -> list[dict]:
+    history = coordinator.follower.history
+    rows = []
+    for i, agent in enumerate(agents):
+        a = agent.address
+        handoffs = [h for h in history.handoffs if h["node"].lower() == a.lower()]
+        subs = [s for r in history.submissions.values() for n, s in r.items() if n.lower() == a.lower()]
+        rows.append({"node": i, "address": a, "malicious": i in malicious,
+                     "train_rows": int(len(agent.data.y)), "val_rows": int(len(agent.data.y_val)),
+                     "positives": int(agent.data.y.sum()),
+                     "handoffs": len(handoffs), "updates": len(subs),
+                     "samples": int(sum(int(h["samples"]) for h in handoffs + subs)),
+                     "rejections_received": sum(1 for r in history.rejections if r["producer"].lower() == a.lower()),
+                     "rejections_issued": sum(1 for r in history.rejections if r["node"].lower() == a.lower()),
+                     "flags": sum(1 for f in history.flags.values() for n in f if n.lower() == a.lower()),
+                     "included": sum(1 for f in history.finalized.values()
+                                     for n in f["included"] if n.lower() == a.lower())})
+    return rows

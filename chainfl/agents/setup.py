@@ -1,0 +1,97 @@
+"""Finding (or deploying) the registry, and building a task spec from settings + node statistics.
+
+Wiring helpers shared by the runner and the separate-process commands.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from chainfl.agents.spec import TaskSpec
+from chainfl.aggregation.strategies import get_strategy
+from chainfl.chain.registry import Registry
+from chainfl.data.scaling import FeatureStats, Scaler
+from chainfl.errors import ConfigError, DeploymentError
+from chainfl.learning.chained import ValidationGate
+from chainfl.learning.models import ModelConfig
+from chainfl.learning.train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def recorded_registry(chain) -> str | None:
+    """The registry address recorded for ``chain`` by ``chainfl deploy`` (None if none/unknown)."""
+    try:
+        from chainfl.chain import deployments
+    except ImportError:
+        return None
+    for name in ("registry_address", "lookup", "load_address", "find", "get"):
+        fn = getattr(deployments, name, None)
+        if callable(fn):
+            try:
+                address = fn(chain)
+            except DeploymentError:
+                return None
+            except TypeError:
+                continue
+            if address:
+                return str(getattr(address, "address", address))
+    return None
+
+
+def _record(chain, address: str) -> None:
+    try:
+        from chainfl.chain import deployments
+    except ImportError:
+        return
+    for name in ("record", "save", "record_registry"):
+        fn = getattr(deployments, name, None)
+        if callable(fn):
+            try:
+                fn(chain, address)
+                return
+            except TypeError:
+                continue
+
+
+def open_registry(chain, address: str | None = None, *, deploy: bool = False, admin=None) -> Registry:
+    """The registry at ``address``, else the recorded one, else (``deploy=True``) a new one
+    deployed from ``admin`` (default dev account 0) and recorded."""
+    address = address or recorded_registry(chain)
+    if address:
+        try:
+            return Registry.at(chain, address)
+        except DeploymentError:
+            if not deploy:
+                raise
+            log.warning("the recorded registry %s is gone (chain reset?); deploying a new one", address)
+    if not deploy:
+        raise ConfigError("no registry address: pass --registry ADDRESS (or set CHAINFL_REGISTRY), or "
+                          "deploy one with `chainfl deploy`")
+    registry = Registry.deploy(chain, admin or chain.accounts[0])
+    _record(chain, registry.address)
+    log.info("deployed a registry at %s on %s", registry.address, chain.url)
+    return registry
+
+
+def build_spec(*, mode: str, nodes, rounds: int, stats: list[FeatureStats], hidden=(32, 16),
+               model_kind: str = "mlp", epochs: int = 1, batch_size: int = 32, lr: float = 1e-2,
+               strategy: str = "fedavg", gate: bool = True, seed: int = 0, round_seconds: int = 600,
+               quorum: int = 0) -> TaskSpec:
+    """A :class:`TaskSpec` whose scaler is agreed from the nodes' aggregate statistics only."""
+    if not stats:
+        raise ConfigError("no node statistics: each node runs `chainfl node stats` and the coordinator "
+                          "gets the files with --stats")
+    scaler = Scaler.federated(stats)
+    if mode == "federated":
+        strategy_spec = get_strategy(strategy).spec()
+    elif mode == "chained":
+        strategy_spec = {}
+    else:
+        raise ConfigError(f"unknown mode {mode!r}; use chained or federated")
+    model = ModelConfig(kind=model_kind, hidden=tuple(hidden))
+    train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr)
+    return TaskSpec(mode=mode, nodes=tuple(nodes), rounds=rounds, model=model.to_dict(), train=train.to_dict(),
+                    feature_names=tuple(scaler.feature_names), scaler=scaler.to_dict(),
+                    strategy=strategy_spec, gate=ValidationGate().to_dict() if (gate and mode == "chained") else {},
+                    round_seconds=round_seconds, quorum=quorum, seed=seed)

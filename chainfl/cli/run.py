@@ -1,0 +1,110 @@
+"""``chainfl run``: the whole job in one process (see :mod:`chainfl.agents.runner`)."""
+
+from __future__ import annotations
+
+import click
+
+from chainfl.cli._common import echo_json, json_option, rpc_option, store_option
+
+
+def _table(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = result.config
+    t = result.test
+    table = Table(title=f"chainfl run — task {result.task_id} ({c.mode})", show_header=True)
+    table.add_column("setting / metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("nodes x rounds", f"{c.nodes} x {c.rounds}"),
+        ("strategy" if c.mode == "federated" else "validation gate",
+         c.strategy if c.mode == "federated" else ("on" if c.gate else "off")),
+        ("attack", "none" if c.attack == "none" else f"{c.attack} ({len(result.data.get('malicious', []))} nodes)"),
+        ("data", f"{result.data.get('source')} ({c.partition})"),
+        (f"F1 on {t.get('source')}", f"{t['f1']:.3f}"),
+        ("precision / recall", f"{t['precision']:.3f} / {t['recall']:.3f}"),
+        ("ROC-AUC / PR-AUC", f"{_f(t.get('roc_auc'))} / {_f(t.get('pr_auc'))}"),
+        ("threshold (from node histograms)", f"{result.threshold:.4f}"),
+    ]
+    if result.rounds:
+        first, last = result.rounds[0], result.rounds[-1]
+        rows.append(("loss first -> last round", f"{_f(first.get('loss'))} -> {_f(last.get('loss'))}"))
+    rejected = sum(r["rejections_received"] for r in result.per_node)
+    flagged = sum(r["flags"] for r in result.per_node)
+    bad_caught = sum(r["rejections_received"] + r["flags"] for r in result.per_node if r["malicious"])
+    rows.append(("rejections / flags on chain", f"{rejected} / {flagged} ({bad_caught} on malicious nodes)"))
+    if result.audit is not None:
+        rows.append(("audit", "ok" if result.audit.get("ok") else f"{len(result.audit.get('violations', []))} violation(s)"))
+    rows += [("release CID", result.release_cid), ("registry", result.registry),
+             ("time (s)", f"{result.timings.get('total', 0):.1f}"), ("run directory", str(result.run_dir))]
+    for k, v in rows:
+        table.add_row(k, str(v))
+    Console().print(table)
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+@click.command("run")
+@click.option("--mode", type=click.Choice(["chained", "federated"]), default="chained", show_default=True)
+@click.option("--nodes", type=int, default=6, show_default=True, help="Node accounts (data holders).")
+@click.option("--rounds", type=int, default=3, show_default=True,
+              help="Chained: passes over all nodes; federated: rounds.")
+@click.option("--strategy", default="fedavg", show_default=True,
+              help="Federated aggregation strategy (fedavg, median, trimmed-mean, krum, multi-krum, "
+                   "screened-fedavg, clipped-fedavg, screened-multi-krum).")
+@click.option("--no-gate", is_flag=True, help="Chained: accept every incoming model (no validation gate).")
+@click.option("--partition", "partition_", type=click.Choice(["iid", "dirichlet", "quantity", "blocks"]),
+              default="iid", show_default=True)
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Dirichlet/quantity concentration.")
+@click.option("--attack", type=click.Choice(["none", "label-flip", "boosted", "sign-flip", "noise",
+                                             "gaussian-noise", "free-rider"]), default="none", show_default=True)
+@click.option("--malicious-fraction", type=float, default=0.2, show_default=True)
+@click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Train on a labelled CSV instead of a simulation (needs --label).")
+@click.option("--label", default=None, help="Label column of --data.")
+@click.option("--dataset", type=click.Choice(["simulate", "eth_fraud"]), default=None,
+              help="eth_fraud: the real labelled dataset in CHAINFL_DATA_DIR.")
+@click.option("--accounts", type=int, default=300, show_default=True, help="Simulated accounts (training chain).")
+@click.option("--eval-accounts", type=int, default=300, show_default=True, help="Simulated accounts (new chain).")
+@click.option("--epochs", type=int, default=2, show_default=True, help="Local epochs per visit/round.")
+@click.option("--model", type=click.Choice(["mlp", "logreg"]), default="mlp", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--registry", "registry_address", envvar="CHAINFL_REGISTRY", default=None,
+              help="Registry address (default: the recorded deployment, else a new one).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory (default CHAINFL_HOME/runs/<id>).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@rpc_option
+@store_option
+@json_option
+def run_cmd(mode, nodes, rounds, strategy, no_gate, partition_, alpha, attack, malicious_fraction, data_path,
+            label, dataset, accounts, eval_accounts, epochs, model, seed, registry_address, out, quiet, rpc,
+            store, as_json):
+    """Train a detector across NODES data holders with the registry as the audit trail.
+
+    Simulates labelled activity on a fresh chain (or reads --data / --dataset), partitions it,
+    trains (chained or federated, optionally with attackers), evaluates on a new simulated chain,
+    audits the task and writes the run directory.
+    """
+    from chainfl.agents.runner import RunConfig, run_job
+
+    if data_path and dataset:
+        raise click.UsageError("use either --data CSV or --dataset, not both")
+    source = "csv" if data_path else (dataset or "simulate")
+    cfg = RunConfig(mode=mode, nodes=nodes, rounds=rounds, strategy=strategy, gate=not no_gate,
+                    partition=partition_, alpha=alpha,
+                    attack="gaussian-noise" if attack == "noise" else attack,
+                    malicious_fraction=malicious_fraction, dataset=source, data=data_path, label=label,
+                    accounts=accounts, eval_accounts=eval_accounts, epochs=epochs, model=model, seed=seed,
+                    rpc=rpc, store=store, registry=registry_address)
+    result = run_job(cfg, out=out, progress=not quiet and not as_json)
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        _table(result)
+
+
+commands = [run_cmd]

@@ -205,14 +205,18 @@ class Timings:
 class _TimedProxy:
     """Forwards attribute access to a target; public callables come back timed."""
 
-    def __init__(self, target, timings: Timings, category: str, methods: frozenset | None):
+    def __init__(self, target, timings: Timings, category: str, methods: frozenset | None,
+                 children: dict | None):
         object.__setattr__(self, "_target", target)
         object.__setattr__(self, "_timings", timings)
         object.__setattr__(self, "_category", category)
         object.__setattr__(self, "_methods", methods)
+        object.__setattr__(self, "_children", dict(children or {}))
 
     def __getattr__(self, name):
         value = getattr(self._target, name)
+        if name in self._children:
+            return _TimedProxy(value, self._timings, self._children[name], None, None)
         if callable(value) and not name.startswith("_") and (self._methods is None or name in self._methods):
             return self._timings.timed(self._category, value, name)
         return value
@@ -224,13 +228,38 @@ class _TimedProxy:
         return f"timed_proxy({self._target!r}, {self._category!r})"
 
 
-def timed_proxy(target, timings: Timings, category: str, methods: Iterable[str] | None = None):
+def timed_proxy(target, timings: Timings, category: str, methods: Iterable[str] | None = None,
+                children: dict[str, str] | None = None):
     """A stand-in for ``target`` whose public method calls are timed into ``category``.
 
     Wraps, never edits: the target's own code and state are untouched (attribute writes go
-    through to it). ``methods`` limits timing to those names (default: every public callable).
+    through to it). ``methods`` limits timing to those names (default: every public callable);
+    ``children`` maps attribute names to categories for objects reached through the proxy (e.g.
+    ``{"chain": "chain"}``: ``proxy.chain.block_number()`` is timed too). Calls the target makes
+    on itself or its own attributes are not re-timed, so nothing is counted twice.
     """
-    return _TimedProxy(target, timings, category, None if methods is None else frozenset(methods))
+    return _TimedProxy(target, timings, category, None if methods is None else frozenset(methods),
+                       children)
+
+
+class patched:
+    """Context manager: replace ``owner.name`` by ``make(original)``, restore it on exit.
+
+    For timing functions other modules call (``patched(node_module, "train_local", lambda f:
+    timings.timed("training", f))``) without editing them.
+    """
+
+    def __init__(self, owner, name: str, make: Callable[[Callable], Callable]):
+        self.owner, self.name, self.make = owner, name, make
+
+    def __enter__(self):
+        self.original = getattr(self.owner, self.name)
+        setattr(self.owner, self.name, self.make(self.original))
+        return self
+
+    def __exit__(self, *exc):
+        setattr(self.owner, self.name, self.original)
+        return False
 
 
 def peak_rss_mib() -> float:
@@ -243,15 +272,23 @@ def peak_rss_mib() -> float:
 
 @dataclass
 class Workload:
-    """Real data split 60/20/20 (stratified), the training part partitioned over nodes, scaled."""
+    """Real data split 60/20/20 (stratified), the training part partitioned over nodes, scaled.
 
-    parts: list[tuple[np.ndarray, np.ndarray]]      # per node (X [n_k, d] float32, y [n_k] int64)
+    ``raw_parts``/``raw_val_parts`` are what the on-chain node agents hold (they scale with the
+    task's scaler themselves); ``parts``/``X_val``/``X_test`` are scaled with the same scaler.
+    """
+
+    parts: list[tuple[np.ndarray, np.ndarray]]      # per node (X [n_k, d] float32 scaled, y [n_k] int64)
+    raw_parts: list[tuple[np.ndarray, np.ndarray]]  # the same rows unscaled
+    raw_val_parts: list[tuple[np.ndarray, np.ndarray]]  # the validation split cut into n_nodes iid slices
     X_val: np.ndarray
     y_val: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
+    feature_names: list[str]
+    scaler: Any                                     # chainfl.data.Scaler
     model_cfg: Any                                  # chainfl.learning.models.ModelConfig
-    train_cfg: Any                                  # chainfl.learning.train.TrainConfig (seed 0)
+    train_cfg: Any                                  # chainfl.learning.train.TrainConfig (seed = workload seed)
     initial_state: "OrderedDict[str, np.ndarray]"
     description: dict = field(default_factory=dict)
 
@@ -260,12 +297,18 @@ class Workload:
         return len(self.parts)
 
     @property
+    def seed(self) -> int:
+        return int(self.description["seed"])
+
+    @property
     def n_features(self) -> int:
         return int(self.X_val.shape[1])
 
     def node_seed(self, round_: int, node: int) -> int:
-        """The local-training seed of ``node`` in ``round_`` (1-based), the same in every runner."""
-        return int(self.description["seed"]) * 1_000_003 + round_ * 10_007 + node
+        """Local-training seed of ``node`` in ``round_`` (1-based) — the on-chain agents' formula
+        (``chainfl.agents.modelio.node_seed``: task seed + 1000 x round + node index), so every
+        runner trains exactly the same updates."""
+        return self.seed + 1000 * int(round_) + int(node)
 
 
 def federated_workload(n_nodes: int = 50, scheme: str = "dirichlet", alpha: float = 0.5,
@@ -276,7 +319,8 @@ def federated_workload(n_nodes: int = 50, scheme: str = "dirichlet", alpha: floa
     2. the training rows partitioned over ``n_nodes`` with :func:`chainfl.data.partition`;
     3. each node's feature statistics merged into one :class:`chainfl.data.Scaler` (signed log1p
        + standardise), applied to every split;
-    4. model MLP 64-32, local training 1 epoch of Adam 1e-2, batch 64; initial weights seeded.
+    4. model MLP 64-32, local training 1 epoch of Adam 1e-2, batch 64; initial weights seeded
+       (``build_model(cfg, d, seed)``, as the coordinator's initial model).
 
     ``max_rows`` keeps a stratified subsample first (smoke tests); None uses all rows.
     """
@@ -295,18 +339,23 @@ def federated_workload(n_nodes: int = 50, scheme: str = "dirichlet", alpha: floa
                                                         random_state=seed)
     X_val, X_test, y_val, y_test = train_test_split(X_rest, y_rest, test_size=0.5, stratify=y_rest,
                                                     random_state=seed)
+    y_train, y_val, y_test = (a.astype(np.int64) for a in (y_train, y_val, y_test))
     idx = partition(y_train, n_nodes, scheme=scheme, alpha=alpha, seed=seed)
     stats = [FeatureStats.compute(X_train[i], data.feature_names) for i in idx]
     scaler = Scaler.federated(stats)
-    parts = [(scaler.transform(X_train[i]), y_train[i].astype(np.int64)) for i in idx]
+    raw_parts = [(X_train[i], y_train[i]) for i in idx]
+    parts = [(scaler.transform(Xk), yk) for Xk, yk in raw_parts]
+    val_idx = np.array_split(np.random.default_rng(seed).permutation(len(y_val)), n_nodes)
+    raw_val_parts = [(X_val[np.sort(i)], y_val[np.sort(i)]) for i in val_idx]
     model_cfg = ModelConfig(kind="mlp", hidden=(64, 32))
     train_cfg = TrainConfig(epochs=1, batch_size=64, lr=1e-2, optimizer="adam", seed=seed)
     initial = get_state(build_model(model_cfg, X.shape[1], seed))
     desc = {"data": "eth_fraud (NaN->0)", "rows": int(len(y)), "train_rows": int(len(y_train)),
             "features": int(X.shape[1]), "nodes": n_nodes, "partition": scheme, "alpha": alpha,
             "seed": seed, "model": "MLP 64-32", "local": "1 epoch Adam 1e-2 batch 64"}
-    return Workload(parts, scaler.transform(X_val), y_val.astype(np.int64), scaler.transform(X_test),
-                    y_test.astype(np.int64), model_cfg, train_cfg, initial, desc)
+    return Workload(parts, raw_parts, raw_val_parts, scaler.transform(X_val), y_val,
+                    scaler.transform(X_test), y_test, list(data.feature_names), scaler, model_cfg,
+                    train_cfg, initial, desc)
 
 
 def local_train(workload: Workload, state, node: int, round_: int):

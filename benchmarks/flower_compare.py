@@ -137,7 +137,7 @@ def _flower_client_fn(data_path: str, context):
         def fit(self, parameters, config):
             round_ = int(config["server_round"])
             state = dict(zip(names, (np.asarray(p, dtype=np.float32) for p in parameters)))
-            seed = base_seed * 1_000_003 + round_ * 10_007 + node      # = Workload.node_seed
+            seed = base_seed + 1000 * round_ + node      # = Workload.node_seed
             cfg = TrainConfig(epochs=1, batch_size=64, lr=1e-2, optimizer="adam", seed=seed)
             res = train_local(model_cfg, state, arrays[f"X{node}"], arrays[f"y{node}"], cfg)
             return [res.state[n] for n in names], res.n_samples, {}

@@ -161,11 +161,31 @@ def registry_artifact() -> dict:
 EVENT_NAMES = tuple(e["name"] for e in registry_artifact()["abi"] if e["type"] == "event")
 
 
-class Registry:
-    """One deployed ChainflRegistry. Make one with :meth:`deploy` or :meth:`at`."""
+#: Gas limit per registry function: about 2x the gas measured by ``benchmarks/gas.py`` (see
+#: ``benchmarks/results/gas.md``), plus a per-byte allowance for free-text reasons and a per-node
+#: allowance for ``finalizeRound``. Sending with a limit skips ``eth_estimateGas`` (one round
+#: trip less on HTTP nodes; on eth-tester an estimate replays the transaction ~14 times). A
+#: reverting call then fails on chain instead of at estimation; the revert is decoded the same way.
+GAS_LIMITS: dict[str, int] = {
+    "addNode": 100_000, "removeNode": 80_000, "setCoordinator": 100_000, "transferAdmin": 80_000,
+    "createTask": 300_000, "closeTask": 80_000,
+    "recordHandoff": 150_000, "rejectHandoff": 120_000, "skipTurn": 100_000,
+    "openRound": 120_000, "submitUpdate": 150_000, "flagUpdate": 100_000, "finalizeRound": 120_000,
+}
+GAS_PER_REASON_BYTE = 64
+GAS_PER_INCLUDED_NODE = 6_000
 
-    def __init__(self, chain, address: str, artifact: dict | None = None):
+
+class Registry:
+    """One deployed ChainflRegistry. Make one with :meth:`deploy` or :meth:`at`.
+
+    ``fixed_gas`` (default True) sends each call with the limit from :data:`GAS_LIMITS` instead
+    of estimating it; pass False to estimate every transaction.
+    """
+
+    def __init__(self, chain, address: str, artifact: dict | None = None, fixed_gas: bool = True):
         self.chain = chain
+        self.fixed_gas = fixed_gas
         self.artifact = artifact or registry_artifact()
         self.address = to_checksum_address(address)
         self.contract = chain.w3.eth.contract(address=self.address, abi=self.artifact["abi"])
@@ -178,7 +198,7 @@ class Registry:
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
-    def deploy(cls, chain, admin, artifact: dict | None = None) -> "Registry":
+    def deploy(cls, chain, admin, artifact: dict | None = None, fixed_gas: bool = True) -> "Registry":
         """Deploy a new registry from ``admin`` (a LocalAccount), who becomes its admin."""
         artifact = artifact or registry_artifact()
         factory = chain.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
@@ -187,10 +207,11 @@ class Registry:
         if not address:
             raise DeploymentError(f"the deployment transaction {receipt['transactionHash'].hex()} "
                                   f"created no contract; check the chain at {chain.url}")
-        return cls(chain, address, artifact)
+        return cls(chain, address, artifact, fixed_gas)
 
     @classmethod
-    def at(cls, chain, address: str, artifact: dict | None = None, verify: bool = True) -> "Registry":
+    def at(cls, chain, address: str, artifact: dict | None = None, verify: bool = True,
+           fixed_gas: bool = True) -> "Registry":
         """The registry at ``address``; with ``verify``, checks that the code there is chainfl's."""
         artifact = artifact or registry_artifact()
         address = _address(address)
@@ -203,7 +224,7 @@ class Registry:
             if code != expected:
                 raise DeploymentError(f"the contract at {address} on {chain.url} is not this chainfl "
                                       f"registry (runtime code differs); redeploy with `chainfl deploy`")
-        return cls(chain, address, artifact)
+        return cls(chain, address, artifact, fixed_gas)
 
     # -- sending -----------------------------------------------------------------------------
     @staticmethod
@@ -216,7 +237,9 @@ class Registry:
                 raise
             raise typed from e
 
-    def _transact(self, fn, sender, gas: int | None = None):
+    def _transact(self, fn, sender, gas: int | None = None, extra: int = 0):
+        if gas is None and self.fixed_gas and fn.fn_name in GAS_LIMITS:
+            gas = GAS_LIMITS[fn.fn_name] + extra
         return self._send(self.chain, self._selectors, fn, sender, gas)
 
     def _event_from(self, receipt, name: str) -> dict:
@@ -270,7 +293,7 @@ class Registry:
         """Reject the unaccepted head ``digest`` (only the node whose turn it is)."""
         fn = self.contract.functions.rejectHandoff(_uint(task_id, "task_id", 256), _bytes32(digest, "digest"),
                                                    str(reason))
-        return self._transact(fn, sender)
+        return self._transact(fn, sender, extra=GAS_PER_REASON_BYTE * len(str(reason).encode()))
 
     def skip_turn(self, task_id: int, next_node, sender):
         """Pass the turn to ``next_node`` (task coordinator; the expected node is offline)."""
@@ -296,7 +319,7 @@ class Registry:
         """Flag ``node``'s update in the open round (task coordinator)."""
         fn = self.contract.functions.flagUpdate(_uint(task_id, "task_id", 256), _uint(round_, "round", 64),
                                                 _address(node), str(reason))
-        return self._transact(fn, sender)
+        return self._transact(fn, sender, extra=GAS_PER_REASON_BYTE * len(str(reason).encode()))
 
     def finalize_round(self, task_id: int, round_: int, digest, cid: str, included_nodes: Iterable, sender):
         """Finalize the open round with the aggregate (task coordinator). ``included_nodes`` are sorted
@@ -304,7 +327,7 @@ class Registry:
         included = sorted({_address(n) for n in included_nodes}, key=lambda a: int(a, 16))
         fn = self.contract.functions.finalizeRound(_uint(task_id, "task_id", 256), _uint(round_, "round", 64),
                                                    _bytes32(digest, "digest"), str(cid), included)
-        return self._transact(fn, sender)
+        return self._transact(fn, sender, extra=GAS_PER_INCLUDED_NODE * len(included))
 
     # -- views -------------------------------------------------------------------------------
     def admin(self) -> str:

@@ -498,6 +498,8 @@ def test_gas_of_handoff_and_submission_within_target(env):
     used += [reg.submit_update(fed, rnd, D("g0"), D(f"u{i}"), CID, 1000, 0.1, n)["gasUsed"]
              for i, n in enumerate((n0, n1))]
     assert max(used) <= 80_000, used
+    from chainfl.chain.registry import GAS_LIMITS
+    assert max(used) * 1.5 < min(GAS_LIMITS["recordHandoff"], GAS_LIMITS["submitUpdate"])
 
 
 # --- the Python error classes match the ABI (no chain needed) --------------------------------
@@ -527,3 +529,36 @@ def test_decode_revert_builds_typed_error_and_ignores_foreign_data():
     assert "task 7" in str(error) and "turn" in str(error)
     assert E.decode_revert(b"", selectors) is None
     assert E.decode_revert(bytes.fromhex("08c379a0") + encode(["string"], ["x"]), selectors) is None
+
+
+# --- gas limits: fixed (default) and estimated paths give the same typed errors ----------------
+def test_estimated_gas_path_decodes_reverts_too(env):
+    estimating = Registry.at(env.chain, env.reg.address, fixed_gas=False)
+    task = env.chained()
+    with reverts(E.RegistryNotYourTurn, taskId=task, expected=env.nodes[0].address, caller=env.nodes[1].address):
+        estimating.record_handoff(task, D("m0"), D("m1"), CID, 1, 0.1, env.nodes[2], env.nodes[1])
+    receipt = estimating.record_handoff(task, D("m0"), D("m1"), CID, 1, 0.1, env.nodes[1], env.nodes[0])
+    assert receipt["status"] == 1
+
+
+def test_fixed_gas_limits_cover_long_reasons_and_many_included(env):
+    from chainfl.chain.registry import GAS_LIMITS
+
+    reg, nodes = env.reg, env.nodes
+    task = env.chained()
+    reg.record_handoff(task, D("m0"), D("m1"), CID, 1, 0.1, nodes[1], nodes[0])
+    reason = "x" * 2000
+    receipt = reg.reject_handoff(task, D("m1"), reason, nodes[1])
+    assert one_event(reg, receipt, "HandoffRejected")["reason"] == reason
+    members = list(env.chain.accounts[10:22])
+    for m in members:
+        reg.add_node(m, env.admin)
+    fed = env.federated()
+    rnd = reg.open_round(fed, env.deadline(), env.coord)
+    for i, m in enumerate(members):
+        reg.submit_update(fed, rnd, D("g0"), D(f"u{i}"), CID, 1, 0.1, m)
+    receipt = reg.flag_update(fed, rnd, members[0], reason, env.coord)
+    assert one_event(reg, receipt, "UpdateFlagged")["reason"] == reason
+    receipt = reg.finalize_round(fed, rnd, D("g1"), CID, members[1:], env.coord)
+    assert len(one_event(reg, receipt, "RoundFinalized")["included"]) == len(members) - 1
+    assert receipt["gasUsed"] < GAS_LIMITS["finalizeRound"] + 6_000 * (len(members) - 1)

@@ -186,6 +186,7 @@ class Registry:
     def __init__(self, chain, address: str, artifact: dict | None = None, fixed_gas: bool = True):
         self.chain = chain
         self.fixed_gas = fixed_gas
+        self.deployment_receipt = None  # set by deploy()
         self.artifact = artifact or registry_artifact()
         self.address = to_checksum_address(address)
         self.contract = chain.w3.eth.contract(address=self.address, abi=self.artifact["abi"])
@@ -207,7 +208,9 @@ class Registry:
         if not address:
             raise DeploymentError(f"the deployment transaction {receipt['transactionHash'].hex()} "
                                   f"created no contract; check the chain at {chain.url}")
-        return cls(chain, address, artifact, fixed_gas)
+        registry = cls(chain, address, artifact, fixed_gas)
+        registry.deployment_receipt = receipt
+        return registry
 
     @classmethod
     def at(cls, chain, address: str, artifact: dict | None = None, verify: bool = True,

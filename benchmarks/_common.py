@@ -369,6 +369,14 @@ def local_train(workload: Workload, state, node: int, round_: int):
     return train_local(workload.model_cfg, state, X, y, cfg)
 
 
+def warm_up(workload: Workload) -> float:
+    """One throw-away local training call, so torch's lazy imports and first-call set-up are not
+    charged to whichever system is timed first; returns its seconds."""
+    t = time.perf_counter()
+    local_train(workload, workload.initial_state, 0, 0)
+    return time.perf_counter() - t
+
+
 def fedavg_round(workload: Workload, state, round_: int, train: Callable | None = None):
     """One in-process FedAvg round over every node; returns the new global state.
 

@@ -11,8 +11,11 @@ process, so their ratios are measured under the same machine load:
   ``chainfl.aggregation.rules.fedavg``): the floor any FL system pays for this workload;
 * ``flower`` — Flower 1.42 simulation (Ray backend, ``--actors`` actors of 1 CPU each), legacy
   ``FedAvg`` strategy, clients calling the same ``train_local``;
-* ``chain`` — chainfl fully on chain: registry on the embedded chain (or ``--rpc``), every model
-  in the embedded store (or ``--store``), node agents and coordinator from ``chainfl.agents``.
+* ``chain`` — chainfl fully on chain: node agents and coordinator from ``chainfl.agents``, the
+  registry on each ``--onchain`` chain (embedded eth-tester by default; Anvil/Ganache started
+  here) with every model in its store (embedded by default; a js-ipfs daemon started here), or
+  on already-running backends given by ``--rpc``/``--store``. The gas of every transaction of
+  the first on-chain run is summed by operation (question 4: a 50-node x 20-round run).
 
 Reported per system: start-up time (process-internal: from the call until round 1 starts),
 median wall time per round, final test F1 / PR-AUC at the validation-chosen threshold, and the
@@ -25,12 +28,14 @@ Flower is installed for this benchmark only (it is not a chainfl dependency)::
 Run (from the repository root)::
 
     python -m benchmarks.flower_compare                       # 50 nodes, 20 rounds, all systems
+    python -m benchmarks.flower_compare --onchain eth-tester:file,anvil:ipfs
     python -m benchmarks.flower_compare --systems inprocess,flower --rounds 5
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -91,7 +96,8 @@ def run_inprocess(workload: C.Workload, rounds: int) -> RunResult:
         times.append(time.perf_counter() - t)
         first_end = first_end if first_end is not None else time.perf_counter() - t0
     total = time.perf_counter() - t0
-    return RunResult("inprocess", first_end, times, C.final_metrics(workload, state), total)
+    return RunResult("inprocess", first_end, times, C.final_metrics(workload, state), total,
+                     {"_state": state})
 
 
 # --- (b) Flower simulation -----------------------------------------------------------------
@@ -219,18 +225,34 @@ def run_flower(workload: C.Workload, rounds: int, actors: int = 2) -> RunResult:
     times = [marks["end"][r] - marks["start"][r] for r in range(1, rounds + 1)]
     final = dict(zip(names, (np.asarray(a, dtype=np.float32) for a in marks["final"])))
     return RunResult("flower", marks["end"][1] - t0, times, C.final_metrics(workload, final), total,
-                     {"actors": actors, "clients_per_round": marks["clients"]})
+                     {"actors": actors, "clients_per_round": marks["clients"], "_state": final})
 
 
 # --- (c) chainfl on chain ------------------------------------------------------------------
 
-def run_chain(workload: C.Workload, rounds: int, rpc: str | None, store: str | None) -> RunResult:
-    """FedAvg through the registry + store with chainfl's agents (see benchmarks/overhead.py)."""
-    from benchmarks.overhead import run_onchain
+def run_chain(workload: C.Workload, rounds: int, config: str = "eth-tester:file",
+              rpc: str | None = None, store: str | None = None) -> RunResult:
+    """FedAvg through the registry + store with chainfl's agents (see benchmarks/overhead.py).
 
-    run = run_onchain(workload, rounds, rpc=rpc, store=store)
+    ``config`` is CHAIN:STORE (backends started here, as in overhead.py); ``rpc``/``store`` URLs
+    of already-running backends take precedence over it.
+    """
+    from benchmarks.overhead import chain_backend, parse_configs, run_onchain, store_backend
+
+    chain_kind, store_kind = parse_configs(config)[0]
+    with tempfile.TemporaryDirectory(prefix="chainfl-flower-chain-") as tmp:
+        work = Path(tmp)
+        with contextlib.ExitStack() as stack:
+            rpc = rpc or stack.enter_context(chain_backend(chain_kind, work))
+            store = store or stack.enter_context(store_backend(store_kind, work))
+            run = run_onchain(workload, rounds, rpc=rpc, store=store, home=work / "home")
+    label = f"{chain_kind} + {store_kind}" if config else f"{run['rpc']}, {run['store']}"
     return RunResult("chain", run["first_round_end_s"], run["round_s"], run["metrics"], run["total_s"],
-                     {"rpc": run["rpc"], "store": run["store"], "tx_per_round": run["tx_per_round"]})
+                     {"config": label, "rpc": run["rpc"], "store": run["store"],
+                      "tx_per_round": run["tx_per_round"], "setup_s": run["setup_s"],
+                      "gas_by_op": run["gas_by_op"], "setup_gas_by_op": run["setup_gas_by_op"],
+                      "round_gas_by_op": run["round_gas_by_op"], "final_digest": run["final_digest"],
+                      "_state": run["final_state"]})
 
 
 # --- report --------------------------------------------------------------------------------
@@ -248,12 +270,14 @@ def report(results: list[RunResult], workload: C.Workload, rounds: int, prep_s: 
         ratio = r.median_round_s / base.median_round_s if base else None
         vs_flower = r.median_round_s / flower.median_round_s if flower else None
         label = LABELS[r.system]
+        key = r.system
         if r.system == "chain":
-            label += f" ({r.detail['rpc']}, {r.detail['store']})"
+            label += f" ({r.detail['config']})"
+            key = "chain " + r.detail["config"]
         rows.append([label, r.first_round_end_s, r.startup_s, r.median_round_s, min(r.warm_rounds),
                      max(r.warm_rounds), ratio, vs_flower, r.metrics["f1"], r.metrics["pr_auc"],
                      r.total_s])
-        headline[r.system] = {"startup_s": round(r.startup_s, 3),
+        headline[key] = {"startup_s": round(r.startup_s, 3),
                               "first_round_end_s": round(r.first_round_end_s, 3),
                               "median_round_s": round(r.median_round_s, 4),
                               "f1": round(r.metrics["f1"], 4), "pr_auc": round(r.metrics["pr_auc"], 4),
@@ -268,12 +292,47 @@ def report(results: list[RunResult], workload: C.Workload, rounds: int, prep_s: 
              "Flower's includes starting Ray and its actors, chainfl on chain's the deployment, "
              "task creation and node registration. Ratios are of medians. total s includes "
              "shutdown.")
+    tables = [table]
+    if base is not None:
+        from chainfl.learning.models import flatten
+
+        ref = flatten(base.detail["_state"])
+        same_rows = []
+        for r in results:
+            if r is base:
+                continue
+            diff = float(np.max(np.abs(flatten(r.detail["_state"]) - ref)))
+            same_rows.append([LABELS[r.system] + (f" ({r.detail['config']})" if r.system == "chain" else ""),
+                              "yes" if diff == 0.0 else "no", diff])
+            headline.setdefault("max_abs_weight_diff_to_inprocess", {})[
+                "chain " + r.detail["config"] if r.system == "chain" else r.system] = diff
+        if same_rows:
+            tables.append(C.Table("Final global weights against the in-process run",
+                                  ["system", "bit-identical", "max |Δweight|"], same_rows, digits=8))
+    chain_runs = [r for r in results if r.system == "chain"]
+    if chain_runs:
+        r = chain_runs[0]
+        gas = r.detail["gas_by_op"]
+        total_gas = sum(v["gas"] for v in gas.values())
+        gas_rows = [[op, v["count"], v["gas"], round(v["gas"] / v["count"]), 100 * v["gas"] / total_gas]
+                    for op, v in sorted(gas.items(), key=lambda kv: -kv[1]["gas"])]
+        gas_rows.append(["total", sum(v["count"] for v in gas.values()), total_gas, None, 100.0])
+        tables.append(C.Table(
+            f"Gas of the whole on-chain run ({r.detail['config']}): {workload.n_nodes} nodes × {rounds} "
+            f"rounds, set-up included", ["operation", "transactions", "gas used", "gas per tx", "% of gas"],
+            gas_rows, digits=1,
+            note="Summed from every receipt's gasUsed (the chain object's transact is wrapped). "
+                 "Set-up = deploy + addNode per node + setCoordinator + createTask; closeTask ends the run."))
+        headline["gas_total"] = total_gas
+        headline["gas_config"] = r.detail["config"]
+        headline["gas_by_op"] = {op: v["gas"] for op, v in gas.items()}
     w = workload.description
     summary = (f"Workload: {w['data']}, {w['rows']} rows ({w['train_rows']} training rows over "
                f"{w['nodes']} nodes, {w['partition']} α={w['alpha']}), {w['features']} features, "
                f"{w['model']}, {w['local']}, FedAvg weighted by samples, seed {w['seed']}. "
-               f"Shared preparation (load, split, partition, federated scaler): {prep_s:.1f} s, "
-               f"not counted in any system's time.")
+               f"Shared preparation (load, split, partition, federated scaler, one warm-up training call "
+               f"in this process): {prep_s:.1f} s, not counted in any system's time; Flower's actors "
+               f"warm up inside its start-up.")
     notes = ["Every system runs chainfl.learning.train_local with the same per-node seeds on the same "
              "partition, so their final models differ only through aggregation order/rounding (Flower "
              "sums in float32, chainfl in float64) and, on chain, not at all in the learning.",
@@ -281,10 +340,12 @@ def report(results: list[RunResult], workload: C.Workload, rounds: int, prep_s: 
              "Ray gives each Flower actor 1 CPU (OMP_NUM_THREADS=1).",
              "Reference measured earlier on this machine type (../shared/REFERENCE.md): Flower "
              "0.55-0.60 s/round after a 10-16 s start, bare loop 0.22 s/round."]
-    extra = {r.system: {"round_s": r.round_s, "metrics": r.metrics, "detail": r.detail}
+    extra = {(f"chain {r.detail['config']}" if r.system == "chain" else r.system):
+             {"round_s": r.round_s, "metrics": r.metrics,
+              "detail": {k: v for k, v in r.detail.items() if not k.startswith("_")}}
              for r in results}
     return C.write_results(name, "chainfl vs Flower: the same FedAvg workload side by side",
-                           [table], headline=headline, summary=summary, notes=notes,
+                           tables, headline=headline, summary=summary, notes=notes,
                            results_dir=results_dir, extra=extra)
 
 
@@ -300,8 +361,13 @@ def main(argv=None) -> int:
     ap.add_argument("--actors", type=int, default=2, help="Flower: Ray actors (1 CPU each)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads in this process (default 1, like each Ray actor)")
-    ap.add_argument("--rpc", default=None, help="chain URL for the on-chain run (default: embedded)")
-    ap.add_argument("--store", default=None, help="store URL for the on-chain run (default: embedded)")
+    ap.add_argument("--onchain", default="eth-tester:file",
+                    help="comma list of CHAIN:STORE for the 'chain' system (chains: eth-tester, anvil, "
+                         "ganache; stores: file, ipfs; nodes/daemons are started and stopped here)")
+    ap.add_argument("--rpc", default=None, help="URL of a running chain for the on-chain run "
+                                                "(overrides the CHAIN of --onchain)")
+    ap.add_argument("--store", default=None, help="URL of a running store for the on-chain run "
+                                                  "(overrides the STORE of --onchain)")
     ap.add_argument("--max-rows", type=int, default=None, help="subsample the data (smoke tests)")
     ap.add_argument("--results-dir", default=None, help="where to write flower_compare.md/.json")
     args = ap.parse_args(argv)
@@ -311,6 +377,13 @@ def main(argv=None) -> int:
         ap.error(f"unknown system(s) {unknown}; choose from {', '.join(SYSTEMS)}")
     if args.rounds < 2:
         ap.error("--rounds must be >= 2: round 1 carries start-up, medians are over rounds 2..R")
+    if "chain" in systems:
+        from benchmarks.overhead import parse_configs
+
+        try:
+            parse_configs(args.onchain)
+        except ConfigError as e:
+            ap.error(str(e))
     if "flower" in systems:
         try:
             require_flower()
@@ -326,7 +399,8 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     workload = C.federated_workload(args.nodes, "dirichlet", args.alpha, args.seed, args.max_rows)
     prep = time.perf_counter() - t
-    C.log(f"workload ready in {prep:.1f} s: {workload.description}")
+    warm = C.warm_up(workload)
+    C.log(f"workload ready in {prep:.1f} s (+ {warm:.1f} s torch warm-up): {workload.description}")
     results = []
     for system in systems:
         C.log(f"running {system} for {args.rounds} rounds")
@@ -335,11 +409,12 @@ def main(argv=None) -> int:
         elif system == "flower":
             results.append(run_flower(workload, args.rounds, args.actors))
         else:
-            results.append(run_chain(workload, args.rounds, args.rpc, args.store))
+            for config in [c.strip() for c in args.onchain.split(",") if c.strip()]:
+                results.append(run_chain(workload, args.rounds, config, args.rpc, args.store))
         r = results[-1]
         C.log(f"{system}: round 1 done at {r.first_round_end_s:.2f} s, median {r.median_round_s:.3f} s/round, "
               f"F1 {r.metrics['f1']:.3f}")
-    path = report(results, workload, args.rounds, prep, args.results_dir)
+    path = report(results, workload, args.rounds, prep + warm, args.results_dir)
     print(path.read_text())
     return 0
 

@@ -114,7 +114,10 @@ class TxLog:
     def wrap(self, transact):
         def transact_logged(contract_fn, *args, **kwargs):
             receipt = transact(contract_fn, *args, **kwargs)
-            name = getattr(contract_fn, "fn_name", None) or type(contract_fn).__name__
+            name = getattr(contract_fn, "fn_name", None)
+            if name is None:
+                kind = type(contract_fn).__name__
+                name = "deploy" if "Constructor" in kind else kind
             if receipt is not None:
                 self.ops.append((str(name), int(receipt["gasUsed"])))
             return receipt
@@ -339,6 +342,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     workload = C.federated_workload(args.nodes, "dirichlet", args.alpha, args.seed, args.max_rows)
     C.log(f"workload ready: {workload.description}")
+    C.warm_up(workload)
     from chainfl.learning.models import flatten
 
     ref = inprocess_reference(workload, args.rounds)

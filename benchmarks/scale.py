@@ -47,6 +47,7 @@ def measure(nodes: int, system: str, rounds: int, seed: int, max_rows: int | Non
 
     torch.set_num_threads(threads)
     workload = C.federated_workload(nodes, "dirichlet", 0.5, seed, max_rows)
+    C.warm_up(workload)
     rss_data = C.peak_rss_mib()
     if system == "inprocess":
         state, times = workload.initial_state, []

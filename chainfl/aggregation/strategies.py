@@ -2,7 +2,7 @@
 
 A :class:`Strategy` says how many updates a round needs, how updates are weighted, whether they
 are screened (flagged updates are excluded and reported per node) and clipped, which rule reduces
-them, and a server step size. It is fully described by :meth:`Strategy.spec` (JSON-able), so an
+them, a server step size and server momentum. It is fully described by :meth:`Strategy.spec` (JSON-able), so an
 auditor can rebuild it with :meth:`Strategy.from_spec` and recompute every aggregate bit for bit.
 
     result = STRATEGIES["screened-fedavg"]().aggregate(updates, reference=global_vec)
@@ -53,6 +53,7 @@ class Strategy:
     screening: ScreenConfig | None = None     # None = no screening
     clip_factor: float = 0.0                  # >0: clip each delta to clip_factor x median norm
     server_lr: float = 1.0                    # new = reference + server_lr * (rule(...) - reference)
+    server_momentum: float = 0.0              #       + server_momentum * (reference - previous)
 
     def __post_init__(self):
         if self.rule not in R.RULES:
@@ -67,7 +68,8 @@ class Strategy:
         return {"name": self.name, "rule": self.rule, "params": dict(self.params),
                 "min_updates": self.min_updates, "weighting": self.weighting,
                 "screening": None if self.screening is None else self.screening.to_dict(),
-                "clip_factor": self.clip_factor, "server_lr": self.server_lr}
+                "clip_factor": self.clip_factor, "server_lr": self.server_lr,
+                "server_momentum": self.server_momentum}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Strategy":
@@ -88,14 +90,20 @@ class Strategy:
         p.pop("m_frac", None)
         return p
 
-    def aggregate(self, updates: Sequence[Update], reference: np.ndarray | None = None) -> AggregateResult:
-        """Screen, clip, weight and reduce ``updates``; ``reference`` is the round's global model."""
+    def aggregate(self, updates: Sequence[Update], reference: np.ndarray | None = None,
+                  previous: np.ndarray | None = None) -> AggregateResult:
+        """Screen, clip, weight and reduce ``updates``; ``reference`` is the round's global model.
+
+        ``previous`` is the global model of the round before (None in the first round): with
+        ``server_momentum`` > 0 the step is heavy-ball, which equals FedAvgM's server momentum
+        (``v = m v + delta; w += lr v``) but needs no hidden state: both models are on chain.
+        """
         if len(updates) == 0:
             raise LearningError(f"strategy {self.name!r}: no updates this round")
         nodes = [u.node for u in updates]
         if len(set(nodes)) != len(nodes):
             raise LearningError(f"strategy {self.name!r}: a node submitted twice in one round")
-        if (self.clip_factor > 0 or self.server_lr != 1.0) and reference is None:
+        if (self.clip_factor > 0 or self.server_lr != 1.0 or self.server_momentum) and reference is None:
             raise LearningError(f"strategy {self.name!r} clips or scales against the global "
                                 "model: pass reference=")
         vecs = [np.asarray(u.state_vec, dtype=np.float32) for u in updates]
@@ -134,10 +142,16 @@ class Strategy:
             used = keep
         vec = R.RULES[self.rule](kv, kw, kk, **p)
 
-        # 4. server step
-        if self.server_lr != 1.0:
+        # 4. server step (+ heavy-ball momentum from the previous global model)
+        if self.server_lr != 1.0 or (self.server_momentum and previous is not None):
             ref = np.asarray(reference, dtype=np.float64)
-            vec = (ref + self.server_lr * (vec.astype(np.float64) - ref)).astype(np.float32)
+            new = ref + self.server_lr * (vec.astype(np.float64) - ref)
+            if self.server_momentum and previous is not None:
+                prev = np.asarray(previous, dtype=np.float64)
+                if prev.shape != ref.shape:
+                    raise LearningError(f"previous global model has {prev.size} values, expected {ref.size}")
+                new = new + self.server_momentum * (ref - prev)
+            vec = new.astype(np.float32)
 
         return AggregateResult(vector=vec, included=sorted(nodes[i] for i in used),
                                flagged=sorted(nodes[i] for i, f in enumerate(flagged_mask) if f),

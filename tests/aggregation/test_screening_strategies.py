@@ -146,3 +146,20 @@ def test_model_attacks_hand_computed():
     np.testing.assert_array_equal(A.poison_labels(A.AttackConfig("label-flip"), np.array([1, 0])), [0, 1])
     with pytest.raises(LearningError, match="unknown attack"):
         A.AttackConfig("teleport")
+
+
+def test_server_momentum_is_heavy_ball_equal_to_fedavgm():
+    # FedAvgM: v = m*v + delta ; w += lr*v   ==   w_next = w + lr*delta + m*(w - w_prev)
+    rng = np.random.default_rng(0)
+    s = get_strategy("fedavg", server_lr=0.5, server_momentum=0.9)
+    w, w_prev, v = np.zeros(4), None, np.zeros(4)
+    w32 = np.zeros(4, np.float32)
+    for r in range(5):
+        target = rng.normal(0, 1, 4).astype(np.float32)
+        delta = target.astype(np.float64) - w32
+        v = 0.9 * v + delta
+        w = w32 + 0.5 * v
+        out = s.aggregate([Update("a", b"a", target, 1)], reference=w32, previous=w_prev).vector
+        np.testing.assert_allclose(out, w, rtol=1e-5, atol=1e-6)
+        w_prev, w32 = w32, out
+        v = (w32.astype(np.float64) - w_prev) / 0.5     # re-sync on the float32 trajectory

@@ -531,6 +531,36 @@ def test_decode_revert_builds_typed_error_and_ignores_foreign_data():
     assert E.decode_revert(bytes.fromhex("08c379a0") + encode(["string"], ["x"]), selectors) is None
 
 
+def _execution_gas(chain, receipt) -> int:
+    """gasUsed minus the calldata cost (4 gas per zero byte, 16 per other byte)."""
+    data = bytes(chain.w3.eth.get_transaction(receipt["transactionHash"])["input"])
+    return receipt["gasUsed"] - sum(4 if b == 0 else 16 for b in data)
+
+
+def test_gas_does_not_grow_with_registered_nodes(env):
+    reg, (n0, n1, _, _) = env.reg, env.nodes
+    task = env.chained()
+    fed = env.federated()
+    reg.record_handoff(task, D("m0"), D("m1"), CID, 7, 0.1, n1, n0)  # first handoff differs (see gas.md)
+    rnd = reg.open_round(fed, env.deadline(), env.coord)
+    reg.submit_update(fed, rnd, D("g0"), D("u1"), CID, 7, 0.1, n0)   # first submission in a task differs
+    reg.finalize_round(fed, rnd, D("g1"), CID, [n0], env.coord)
+
+    def measure(i: int, head: bytes, glob: bytes) -> tuple[int, int]:
+        sender, nxt = (n0, n1) if i % 2 else (n1, n0)
+        handoff = reg.record_handoff(task, head, D(f"m{i}"), CID, 7, 0.1, nxt, sender)
+        r = reg.open_round(fed, env.deadline(), env.coord)
+        submit = reg.submit_update(fed, r, glob, D(f"u{i}"), CID, 7, 0.1, n0)
+        reg.finalize_round(fed, r, D(f"g{i}"), CID, [n0], env.coord)
+        return _execution_gas(env.chain, handoff), _execution_gas(env.chain, submit)
+
+    before = measure(2, D("m1"), D("g1"))
+    for extra in env.chain.accounts[20:30]:
+        reg.add_node(extra, env.admin)
+    after = measure(3, D("m2"), D("g2"))
+    assert before == after
+
+
 # --- gas limits: fixed (default) and estimated paths give the same typed errors ----------------
 def test_estimated_gas_path_decodes_reverts_too(env):
     estimating = Registry.at(env.chain, env.reg.address, fixed_gas=False)

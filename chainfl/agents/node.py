@@ -23,8 +23,9 @@ result has the same bytes and CID. Reverts that mean "someone else moved first" 
 stale parent, round closed, deadline passed, already submitted) are caught as the typed
 :class:`~chainfl.errors.ContractError`, logged, and the agent carries on.
 
-The gate's step-size history lives in memory: an agent restarted mid-task re-learns it from the
-handoffs it checks afterwards (the loss test applies from the first check).
+The gate's step-size reference is recomputed from chain state too: the step sizes of the last
+``STEP_WINDOW`` accepted handoffs (a handoff is accepted once a later one names it as parent),
+from their verified blobs, so every node — and a restarted one — judges against the same history.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 
 #: Gas for the agent's own transactions (skips an estimate round trip; a revert is still decoded).
 SUBMIT_GAS = 400_000
+#: Accepted handoffs whose step sizes form the gate's reference (median) for the next check.
+STEP_WINDOW = 10
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ class NodeAgent:
         self.index = -1
         self._scaled = None
         self._gate = None
-        self._step_history: list[float] = []
+        self._step_cache: dict[bytes, float] = {}
         self._reported: set[str] = set()
         self.actions: list[str] = []          # what this agent did, for logs and tests
 
@@ -232,14 +235,36 @@ class NodeAgent:
         accepted_state = self._load(task.accepted)
         cfg = modelio.model_config(self.spec)
         _, _, Xv, yv = self._scaled
-        samples = self._samples_of(task.head)
-        steps = max(1, self.spec.train.get("epochs", 1) * math.ceil(samples / self.spec.train.get("batch_size", 64)))
-        step = float(np.linalg.norm(flatten(head_state).astype(np.float64) - flatten(accepted_state))) / steps
+        step = self._step_size(head_state, accepted_state, self._samples_of(task.head))
         ok, reason = self._gate.check(self._gate.score(cfg, head_state, Xv, yv),
-                                      self._gate.score(cfg, accepted_state, Xv, yv), step, self._step_history)
-        if ok:
-            self._step_history.append(step)
+                                      self._gate.score(cfg, accepted_state, Xv, yv), step,
+                                      self._recent_steps(task))
         return ok, reason, head_state
+
+    def _step_size(self, state, parent_state, samples: int) -> float:
+        """Distance moved per optimiser step (the sender's steps follow from its sample count)."""
+        train = self.spec.train
+        steps = max(1, int(train.get("epochs", 1)) * math.ceil(samples / int(train.get("batch_size", 64))))
+        return float(np.linalg.norm(flatten(state).astype(np.float64) - flatten(parent_state))) / steps
+
+    def _recent_steps(self, task) -> list[float]:
+        """Step sizes of the last ``STEP_WINDOW`` accepted handoffs, recomputed from their blobs
+        (verified), so every node's gate sees the same history, also after a restart. A handoff
+        is accepted once a later handoff names it as parent."""
+        handoffs = self.follower.history.handoffs
+        parents = {h["parent"] for h in handoffs}
+        accepted = [h for h in handoffs if h["digest"] in parents and h["digest"] != task.head][-STEP_WINDOW:]
+        steps = []
+        for h in accepted:
+            if h["digest"] not in self._step_cache:
+                try:
+                    self._step_cache[h["digest"]] = self._step_size(self._load(h["digest"]), self._load(h["parent"]),
+                                                                    int(h["samples"]))
+                except (IntegrityError, CodecError, BlobNotFoundError) as e:
+                    log.warning("%s: cannot recompute the step of handoff %s (%s); left out", self, h["seq"], e)
+                    continue
+            steps.append(self._step_cache[h["digest"]])
+        return steps
 
     def _samples_of(self, digest: bytes) -> int:
         for h in reversed(self.follower.history.handoffs):

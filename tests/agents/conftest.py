@@ -1,0 +1,97 @@
+"""A small world for agent tests: an embedded chain, a registry, a store, nodes with data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_classification
+
+from chainfl.agents.coordinator import Coordinator
+from chainfl.agents.node import LocalData, NodeAgent
+from chainfl.agents.reports import MemoryReportBox
+from chainfl.agents.setup import build_spec
+from chainfl.chain import connect
+from chainfl.chain.registry import Registry
+from chainfl.storage import open_store
+
+FEATURES = tuple(f"f{i}" for i in range(6))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    # tiny models: torch's thread pool only slows them down on a shared 2-core machine
+    torch.set_num_threads(1)
+
+
+TEST_ROWS = 1000
+
+
+def node_datasets(n_nodes: int, rows: int = 900, seed: int = 0):
+    """Per-node LocalData over ``rows`` rows, and a test set (X, y) from the same distribution."""
+    X, y = make_classification(n_samples=rows + TEST_ROWS, n_features=len(FEATURES), n_informative=4,
+                               weights=[0.8], class_sep=1.5, random_state=seed)
+    X = (X * 10).astype(np.float32)            # larger values, like chain amounts (signed log1p scales them)
+    parts = np.array_split(np.random.default_rng(seed).permutation(rows), n_nodes)
+    datas = [LocalData.split(X[p], y[p], FEATURES, seed=i) for i, p in enumerate(parts)]
+    return datas, (X[rows:], y[rows:])
+
+
+@dataclass
+class World:
+    chain: object
+    registry: Registry
+    store: object
+    box: MemoryReportBox
+    datas: list
+    accounts: list
+    coordinator_account: object
+    test: tuple = ()
+
+    def spec(self, mode: str, rounds: int = 2, **kw):
+        return build_spec(mode=mode, nodes=[a.address for a in self.accounts], rounds=rounds,
+                          stats=[d.stats() for d in self.datas], hidden=(8,), epochs=1, batch_size=32,
+                          seed=3, **kw)
+
+    def coordinator(self, **kw) -> Coordinator:
+        return Coordinator(self.registry, self.store, self.coordinator_account, reports=self.box, **kw)
+
+    def agent(self, i: int, task_id: int, cls=NodeAgent, **kw) -> NodeAgent:
+        return cls(self.registry, self.store, self.accounts[i], task_id, self.datas[i], reports=self.box, **kw)
+
+    def drive(self, coordinator: Coordinator, agents, max_steps: int = 200) -> None:
+        """Step the coordinator and every agent in a fixed order until the task is closed."""
+        for _ in range(max_steps):
+            if coordinator.step() == "done":
+                return
+            for a in agents:
+                a.step()
+        raise AssertionError("the task did not finish")
+
+    def events(self, task_id: int, name: str) -> list:
+        return [e.args for e in self.registry.events(0, None, task_id=task_id, names=[name])]
+
+
+def make_world(tmp_path, n: int = 3, rows: int = 900) -> World:
+    chain = connect("eth-tester://memory")
+    registry = Registry.deploy(chain, chain.accounts[0])
+    store = open_store((tmp_path / "store").as_uri())
+    datas, test = node_datasets(n, rows)
+    return World(chain, registry, store, MemoryReportBox(), datas, [chain.account(i + 1) for i in range(n)],
+                 chain.accounts[0], test)
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = make_world(tmp_path)
+    yield w
+    w.chain.close()
+
+
+@pytest.fixture
+def world5(tmp_path):
+    w = make_world(tmp_path, 5, rows=1500)
+    yield w
+    w.chain.close()

@@ -1,0 +1,123 @@
+"""Crash/resume, revert survival and tampered blobs: the agents derive what to do from chain state."""
+
+import pytest
+
+from chainfl.agents import modelio
+from chainfl.agents.node import NodeAgent
+from chainfl.errors import IntegrityError
+from chainfl.storage.codec import fetch_verified
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashingAgent(NodeAgent):
+    """Dies after storing its result and before submitting it (the worst moment)."""
+
+    stored = None
+
+    def _before_submit(self, stored):
+        type(self).stored = stored
+        raise Crash("killed between store and submit")
+
+
+@pytest.mark.parametrize("mode", ["chained", "federated"])
+def test_restarted_agent_submits_exactly_once_with_the_same_bytes(world, mode):
+    coordinator = world.coordinator()
+    task_id = coordinator.create_task(world.spec(mode, rounds=1))
+    coordinator.step()                                   # federated: opens round 1
+    crashing = world.agent(0, task_id, cls=CrashingAgent)
+
+    with pytest.raises(Crash):
+        crashing.step()
+    name = "HandoffRecorded" if mode == "chained" else "UpdateSubmitted"
+    assert world.events(task_id, name) == []             # nothing reached the chain
+    assert world.store.has(CrashingAgent.stored.cid)      # but the result was stored
+
+    # a new agent object (a restarted process) works out from chain state what is left
+    restarted = world.agent(0, task_id)
+    assert restarted.step() in ("handoff", "submitted")
+    assert restarted.step() == "idle"                    # and does not do it twice
+    others = [world.agent(i, task_id) for i in (1, 2)]
+    world.drive(coordinator, [restarted] + others)
+
+    events = world.events(task_id, name)
+    by_node = [e["node"] for e in events]
+    assert sorted(by_node) == sorted(a.address for a in world.accounts)     # none missing, none twice
+    mine = [e for e in events if e["node"] == world.accounts[0].address][0]
+    assert mine["digest"] == CrashingAgent.stored.digest and mine["cid"] == CrashingAgent.stored.cid
+
+
+class LateAgent(NodeAgent):
+    """Its training outlasts the round: the chain's clock passes the deadline before it submits."""
+
+    def _before_submit(self, stored):
+        self.chain.advance_time(self.spec.round_seconds + 5)
+
+
+def test_a_reverted_late_submission_is_survived_and_the_others_finish(world):
+    coordinator = world.coordinator()
+    task_id = coordinator.create_task(world.spec("federated", rounds=2))
+    coordinator.step()
+    others = [world.agent(i, task_id) for i in (1, 2)]
+    for a in others:
+        assert a.step() == "submitted"
+    late = world.agent(0, task_id, cls=LateAgent)
+    assert late.step() == "reverted"                     # deadline passed while it trained
+
+    assert coordinator.step() == "finalized"             # deadline passed, two updates in
+    fresh = world.agent(0, task_id)                      # the late node, restarted, joins round 2
+    world.drive(coordinator, [fresh] + others)
+
+    subs = world.events(task_id, "UpdateSubmitted")
+    assert sorted((s["round"], s["node"]) for s in subs) == sorted(
+        [(1, a.address) for a in world.accounts[1:]] + [(2, a.address) for a in world.accounts])
+    assert world.events(task_id, "RoundFinalized")[0]["included"] == sorted(
+        (a.address for a in world.accounts[1:]), key=lambda a: int(a, 16))
+
+
+class SkippedWhileTraining(NodeAgent):
+    coordinator = None
+
+    def _before_submit(self, stored):
+        task = self.registry.task(self.task_id)
+        self.registry.skip_turn(self.task_id, self.spec.next_node(task.expected), self.coordinator.account)
+
+
+def test_agent_whose_turn_was_skipped_meanwhile_does_not_submit(world):
+    coordinator = world.coordinator()
+    task_id = coordinator.create_task(world.spec("chained", rounds=1))
+    SkippedWhileTraining.coordinator = coordinator
+    slow = world.agent(0, task_id, cls=SkippedWhileTraining)
+
+    assert slow.step() == "stale"
+    assert world.events(task_id, "HandoffRecorded") == []
+    assert world.events(task_id, "TurnSkipped")[0]["skipped"] == world.accounts[0].address
+    nxt = world.agent(1, task_id)
+    assert nxt.step() == "handoff"                       # the chain went on without it
+
+
+def test_a_blob_that_does_not_match_its_digest_is_rejected_on_chain_and_never_loaded(world):
+    coordinator = world.coordinator()
+    spec = world.spec("chained", rounds=1)
+    task_id = coordinator.create_task(spec)
+    initial = world.registry.task(task_id).head
+    # node 0 records digest A but points the CID at other bytes B (a tampered / swapped blob)
+    a = modelio.put_model(world.store, modelio.initial_state(spec), {"kind": "handoff", "note": "A"})
+    b = modelio.put_model(world.store, modelio.initial_state(spec), {"kind": "handoff", "note": "B"})
+    world.registry.record_handoff(task_id, initial, a.digest, b.cid, 10, 0.5, world.accounts[1].address,
+                                  world.accounts[0])
+    with pytest.raises(IntegrityError):
+        fetch_verified(world.store, b.cid, a.digest)
+
+    receiver = world.agent(1, task_id)
+    assert receiver.step() == "rejected+handoff"
+
+    rejected = world.events(task_id, "HandoffRejected")
+    assert len(rejected) == 1
+    assert rejected[0]["node"] == world.accounts[1].address
+    assert rejected[0]["producer"] == world.accounts[0].address
+    assert rejected[0]["digest"] == a.digest and "verification" in rejected[0]["reason"]
+    handoff = world.events(task_id, "HandoffRecorded")[-1]
+    assert handoff["node"] == world.accounts[1].address and handoff["parent"] == initial

@@ -1,0 +1,41 @@
+import numpy as np
+from eth_account import Account
+from sklearn.metrics import f1_score
+
+from chainfl.agents.reports import DirectoryReportBox, MemoryReportBox, NodeReport, histograms_for
+from chainfl.agents.threshold import EDGES, merge_histograms, score_histogram, threshold_from_histogram
+
+
+def test_histogram_threshold_is_the_best_pooled_f1_over_bin_edges():
+    rng = np.random.default_rng(0)
+    y = (rng.random(3000) < 0.2).astype(int)
+    scores = 1 / (1 + np.exp(-(rng.normal(size=3000) + 2.5 * (2 * y - 1))))
+    # three "nodes" report their own histograms only
+    parts = np.array_split(np.arange(3000), 3)
+    merged = merge_histograms([score_histogram(scores[p], y[p]) for p in parts])
+    threshold, f1 = threshold_from_histogram(merged)
+    # brute force on the pooled scores over the same candidate edges
+    best = max(f1_score(y, (scores >= e).astype(int), zero_division=0) for e in EDGES)
+    assert threshold in EDGES
+    assert abs(f1 - best) < 1e-12
+    assert abs(f1_score(y, (scores >= threshold).astype(int)) - best) < 1e-12
+    assert sum(merged["pos"]) == y.sum() and sum(merged["neg"]) == (1 - y).sum()
+
+
+def test_no_positives_gives_default_threshold():
+    assert threshold_from_histogram(score_histogram(np.array([0.1, 0.9]), np.array([0, 0]))) == (0.5, 0.0)
+
+
+def test_reports_are_signed_and_forgeries_ignored(tmp_path):
+    alice, mallory = Account.create(), Account.create()
+    h = score_histogram(np.array([0.2, 0.8]), np.array([0, 1]))
+    good = NodeReport(1, alice.address, {"0xaa": h}).signed(alice)
+    forged = NodeReport(1, alice.address, {"0xaa": h}, signature=NodeReport(1, mallory.address, {"0xaa": h})
+                        .signed(mallory).signature)
+    for box in (MemoryReportBox(), DirectoryReportBox(tmp_path)):
+        box.put(forged)
+        assert histograms_for(box.reports(1), 1, [alice.address], "0xaa") == []
+        box.put(good)
+        assert histograms_for(box.reports(1), 1, [alice.address], "0xaa") == [h]
+        assert histograms_for(box.reports(1), 1, [mallory.address], "0xaa") == []   # not a task node
+        assert histograms_for(box.reports(2), 2, [alice.address], "0xaa") == []

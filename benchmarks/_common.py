@@ -170,12 +170,14 @@ class Timings:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.by_name: dict[str, float] = defaultdict(float)
+        self.calls_by_name: dict[str, int] = defaultdict(int)
 
     def add(self, category: str, name: str, seconds: float) -> None:
         with self._lock:
             self.seconds[category] += seconds
             self.calls[category] += 1
             self.by_name[f"{category}.{name}"] += seconds
+            self.calls_by_name[f"{category}.{name}"] += 1
 
     def snapshot(self) -> dict[str, float]:
         with self._lock:

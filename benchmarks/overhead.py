@@ -198,7 +198,7 @@ def run_onchain(workload: C.Workload, rounds: int, rpc: str | None = None, store
         # drive: coordinator opens, every node steps, coordinator finalizes (as chainfl run does)
         round_s, per_round, first_end = [], [], None
         t_round, snap, tx0 = time.perf_counter(), timings.snapshot(), len(txlog.ops)
-        names0 = dict(timings.by_name)
+        names0, counts0 = dict(timings.by_name), dict(timings.calls_by_name)
         mem0 = C.peak_rss_mib()
         budget = 20 * rounds + 50
         for _ in range(budget):
@@ -220,7 +220,7 @@ def run_onchain(workload: C.Workload, rounds: int, rpc: str | None = None, store
                     C.log(f"round {len(round_s)}: {row['wall']:.2f} s, {row['txs']} txs, "
                           + ", ".join(f"{c} {row[c]:.2f}" for c in CATEGORIES))
                 t_round, snap, tx0 = time.perf_counter(), timings.snapshot(), len(txlog.ops)
-                names_end = dict(timings.by_name)
+                names_end, counts_end = dict(timings.by_name), dict(timings.calls_by_name)
         else:
             raise AgentError(f"task {task_id} did not close within {budget} steps")
         total_s = time.perf_counter() - t0
@@ -242,6 +242,8 @@ def run_onchain(workload: C.Workload, rounds: int, rpc: str | None = None, store
                 "rss_before_rounds_mib": mem0,
                 "by_name": {k: v - names0.get(k, 0.0) for k, v in names_end.items()
                             if v - names0.get(k, 0.0) > 0},
+                "calls_by_name": {k: v - counts0.get(k, 0) for k, v in counts_end.items()
+                                  if v - counts0.get(k, 0) > 0},
                 "nodes": n, "rounds": rounds}
 
 
@@ -398,15 +400,30 @@ def report(workload, rounds, ref, runs, prof_rows, profile, results_dir=None) ->
     for run in runs:
         chain_calls = sorted(((k.split(".", 1)[1], v) for k, v in run["by_name"].items()
                               if k.startswith("chain.")), key=lambda kv: -kv[1])[:6]
-        name_rows.append([run["config"], ", ".join(f"{k} {v / run['rounds']:.2f}" for k, v in chain_calls)])
-    t2 = C.Table("Chain time by call (seconds per round, mean over all rounds, set-up excluded)",
-                 ["chain + store", "largest registry/chain calls"], name_rows)
+        calls = run["calls_by_name"]
+        per_round_calls = sum(v for k, v in calls.items() if k.startswith("chain.")) / run["rounds"]
+        name_rows.append([run["config"], per_round_calls, per_round_calls / run["nodes"], ", ".join(
+            f"{k} {v / run['rounds']:.2f} s ({calls['chain.' + k] / run['rounds']:.0f}×)"
+            for k, v in chain_calls)])
+    t2 = C.Table("Chain time by call (per round, mean over all rounds, set-up excluded)",
+                 ["chain + store", "registry/chain calls per round", "per node", "largest: seconds (calls)"],
+                 name_rows, digits=1)
     tables = [t1, t2]
     if prof_rows:
         tables.append(C.Table(f"cProfile of {profile[0]} + {profile[1]}, 2 rounds: top functions by "
                               f"cumulative time", ["function", "calls", "own s", "cumulative s",
                                                    "share of run"], prof_rows))
     same = [r["config"] for r in runs if r["same_model_as_inprocess"]]
+    bottlenecks = []
+    for run in runs:
+        warm_rows = warm(run["per_round"])
+        med = {k: C.median(r[k] for r in warm_rows) for k in ("other", *CATEGORIES)}
+        top = max(med, key=med.get)
+        chain_calls = sorted(((k.split(".", 1)[1], v) for k, v in run["by_name"].items()
+                              if k.startswith("chain.")), key=lambda kv: -kv[1])[:3]
+        reads = ", ".join(k for k, _ in chain_calls)
+        bottlenecks.append(f"{run['config']}: {top} ({100 * med[top] / C.median(r['wall'] for r in warm_rows):.0f} %"
+                           f" of the round)" + (f"; largest chain calls: {reads}" if top == "chain" else ""))
     w = workload.description
     notes = [f"Workload: {w['data']}, {w['train_rows']} training rows over {w['nodes']} nodes "
              f"({w['partition']} α={w['alpha']}), {w['model']}, {w['local']}, seed {w['seed']}.",
@@ -417,7 +434,8 @@ def report(workload, rounds, ref, runs, prof_rows, profile, results_dir=None) ->
              "coordinator; storage = store put/get/has; codec = safetensors encode/decode.",
              f"Final global weights bit-identical to the in-process FedAvg run: "
              f"{', '.join(same) if same else 'none'}.",
-             "A published blockchain-FL system reports 5-15 % of round time on chain + storage."]
+             "A published blockchain-FL system reports 5-15 % of round time on chain + storage.",
+             "Largest share of round time per configuration (the bottleneck): " + "; ".join(bottlenecks) + "."]
     extra = {"inprocess": {k: v for k, v in ref.items() if k != "vector"},
              "runs": runs}
     return C.write_results("overhead", "Overhead of chain + storage per federated round", tables,

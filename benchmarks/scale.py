@@ -5,6 +5,7 @@ Question 5 of issue 8. For each node count, the benchmark FedAvg workload
 64-32, 1 local epoch) runs
 
 * ``inprocess`` — chainfl's pure functions in a loop (no chain, no store): the floor;
+* ``flower`` (optional) — Flower 1.42's simulation, 2 Ray actors (see flower_compare.py);
 * ``CHAIN:STORE`` — federated on chain through chainfl's node agents and coordinator
   (:func:`benchmarks.overhead.run_onchain`), e.g. ``anvil:file`` (default) or ``eth-tester:file``.
 
@@ -58,6 +59,12 @@ def measure(nodes: int, system: str, rounds: int, seed: int, max_rows: int | Non
             times.append(time.perf_counter() - t)
         out = {"round_s": times, "tx_per_round": 0, "setup_s": 0.0,
                "f1": C.final_metrics(workload, state)["f1"], "total_s": time.perf_counter() - t0}
+    elif system == "flower":
+        from benchmarks.flower_compare import run_flower
+
+        res = run_flower(workload, rounds, actors=2)
+        out = {"round_s": res.round_s, "tx_per_round": 0, "setup_s": res.startup_s,
+               "f1": res.metrics["f1"], "total_s": res.total_s}
     else:
         from benchmarks.overhead import run_onchain
 
@@ -106,7 +113,8 @@ def report(results: list[dict], rounds: int, results_dir=None) -> Path:
                     ["system", "nodes", "s/round", "s per node-round", "txs/round", "chain s/round",
                      "training s/round", "set-up s", "peak RSS MiB", "final F1"], rows,
                     note="peak RSS: max resident memory of the child process (data, torch, chain client; "
-                         "Anvil and the IPFS daemon are separate processes, not included). final F1 is "
+                         "Anvil, the IPFS daemon and Flower's Ray workers are separate processes, not "
+                         "included). set-up for flower: Ray + actors start-up. final F1 is "
                          f"after only {rounds} rounds (not a quality result; see experiments.md).")
     notes = ["Workload: eth_fraud (NaN->0), 60/20/20 stratified split, the training rows over N nodes "
              "(Dirichlet α=0.5, seed as in the command), MLP 64-32, 1 epoch Adam 1e-2 batch 64.",
@@ -123,7 +131,7 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", default="10,50,200", help="comma list of node counts")
     ap.add_argument("--systems", default="inprocess,anvil:file",
-                    help="comma list: inprocess and/or CHAIN:STORE (e.g. anvil:file, eth-tester:file)")
+                    help="comma list: inprocess, flower and/or CHAIN:STORE (e.g. anvil:file, eth-tester:file)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds per measurement (>= 2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -143,8 +151,12 @@ def main(argv=None) -> int:
         sizes = [int(x) for x in args.nodes.split(",") if x.strip()]
         systems = [s.strip() for s in args.systems.split(",") if s.strip()]
         for s in systems:
-            if s != "inprocess":
+            if s not in ("inprocess", "flower"):
                 parse_configs(s)
+        if "flower" in systems:
+            from benchmarks.flower_compare import require_flower
+
+            require_flower()
     except (ValueError, ConfigError) as e:
         ap.error(str(e))
     import torch

@@ -187,17 +187,18 @@ def test_overhead_rejects_unknown_backend():
 
 
 def test_scale_tiny(tmp_path, real_data_dir):
-    proc = run_script("scale", "--nodes", "2,4", "--systems", "inprocess,eth-tester:file", *TINY,
+    proc = run_script("scale", "--nodes", "3", "--systems", "inprocess,eth-tester:file", *TINY,
                       "--results-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((tmp_path / "scale.json").read_text())
     runs = {(r["system"], r["nodes"]): r for r in meta["extra"]["runs"]}
-    assert set(runs) == {("inprocess", 2), ("inprocess", 4), ("eth-tester:file", 2), ("eth-tester:file", 4)}
-    assert runs[("eth-tester:file", 4)]["tx_per_round"] == 4 + 2
-    assert runs[("inprocess", 4)]["tx_per_round"] == 0
+    assert set(runs) == {("inprocess", 3), ("eth-tester:file", 3)}
+    assert runs[("eth-tester:file", 3)]["tx_per_round"] == 3 + 2
+    assert runs[("inprocess", 3)]["tx_per_round"] == 0
     assert all(r["peak_rss_mib"] > 50 for r in runs.values())
     # the same training on and off chain gives the same model, hence the same F1
-    assert runs[("inprocess", 4)]["f1"] == runs[("eth-tester:file", 4)]["f1"]
+    assert runs[("inprocess", 3)]["f1"] == runs[("eth-tester:file", 3)]["f1"]
+    assert "| eth-tester:file | 3 |" in (tmp_path / "scale.md").read_text()
 
 
 # --- the index ---------------------------------------------------------------------------------

@@ -206,7 +206,14 @@ def headline_for(q: Question, r: Result) -> str:
             return overhead_headline(r)
         if r.name == "scale":
             return scale_headline(r)
-    tables = r.tables(*TABLE_PICKS.get((q.number, r.name), ()), first=1) or r.tables(first=1)
+    return generic_headline(r, TABLE_PICKS.get((q.number, r.name), ()))
+
+
+def generic_headline(r: Result, picks=()) -> str:
+    """A results file's own summary paragraph (JSON sidecar), else a pointer to its table."""
+    if r.meta and r.meta.get("summary"):
+        return " ".join(r.meta["summary"].split())
+    tables = r.tables(*picks, first=1) or r.tables(first=1)
     return f"see the table “{tables[0].heading}” below" if tables else "see the file"
 
 
@@ -236,7 +243,7 @@ def render(results_dir: Path = RESULTS) -> str:
         cmd = (r.command or default).replace("|", "\\|")
         link = f"[{name}.md](results/{name}.md)" if r.exists else f"{name}.md (missing)"
         out.append(f"| – | {title} | `{cmd}` | {link} | "
-                   f"{'see the file' if r.exists else 'not produced yet'} |")
+                   f"{generic_headline(r).replace('|', '/') if r.exists else 'not produced yet'} |")
     out += ["", "Shared helpers: `benchmarks/_common.py` (machine/versions/date, medians, timing proxies, "
             "the shared 50-node workload, the results writer). Smoke tests: "
             "`pytest tests/benchmarks/test_bench_smoke.py` runs each of these scripts at a tiny size.", ""]
@@ -256,6 +263,17 @@ def render(results_dir: Path = RESULTS) -> str:
                 if t.heading:
                     out += [f"**{t.heading}**", ""]
                 out += [t.text, ""]
+    out += ["### Other benchmarks", ""]
+    for name, default, title in OTHERS:
+        r = get(name)
+        if not r.exists:
+            out += [f"*{name}.md* ({title}) not produced yet — run `{default}`.", ""]
+            continue
+        out += [f"{title}, from [{name}.md](results/{name}.md) ({r.date or 'undated'}):", ""]
+        for t in r.tables(first=2):
+            if t.heading:
+                out += [f"**{t.heading}**", ""]
+            out += [t.text, ""]
     return "\n".join(out).rstrip() + "\n"
 
 

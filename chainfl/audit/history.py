@@ -14,10 +14,11 @@ them). Nothing here fetches blobs or judges the history: that is :mod:`chainfl.a
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from dataclasses import dataclass, field
 
+from eth_abi import decode as abi_decode
 from eth_utils import keccak, to_checksum_address
-from web3._utils.events import get_event_data
 
 from chainfl.chain.registry import LOSS_SCALE, Mode
 from chainfl.errors import AuditError, ChainError
@@ -182,8 +183,7 @@ def fetch_task_logs(w3, address: str, task_id: int, from_block: int, to_block: i
     while start <= to_block:
         end = min(start + size - 1, to_block)
         try:
-            logs = w3.eth.get_logs({"address": address, "fromBlock": start, "toBlock": end,
-                                    "topics": topics})
+            logs = _get_logs(w3, {"address": address, "fromBlock": start, "toBlock": end, "topics": topics})
         except Exception as e:  # provider errors differ by node; only "too large" is retried
             if size > 1 and _too_large(e):
                 size = max(1, size // 2)
@@ -195,33 +195,74 @@ def fetch_task_logs(w3, address: str, task_id: int, from_block: int, to_block: i
     return out
 
 
-class _Decoder:
-    """Decodes registry logs with the registry's ABI (event topic -> ABI entry)."""
+def _get_logs(w3, params: dict) -> list:
+    """eth_getLogs; over HTTP the raw JSON-RPC result (web3's per-field result formatters cost more
+    than the query itself for thousands of logs), elsewhere through web3."""
+    provider = w3.provider
+    if getattr(provider, "endpoint_uri", None) and not getattr(provider, "middlewares", None):
+        raw = dict(params, fromBlock=hex(params["fromBlock"]), toBlock=hex(params["toBlock"]))
+        response = provider.make_request("eth_getLogs", [raw])
+        if "error" in response:
+            error = response["error"]
+            raise ValueError(error.get("message", error) if isinstance(error, dict) else error)
+        return response["result"]
+    return w3.eth.get_logs(params)
 
-    def __init__(self, abi: list[dict], codec):
-        self.codec = codec
+
+class _Decoder:
+    """Decodes registry logs with the registry's ABI, directly with eth_abi (web3's generic
+    ``get_event_data`` costs milliseconds per log; this is what makes 10,000+ events cheap)."""
+
+    def __init__(self, abi: list[dict], codec=None):
         self.entries = {}
         for entry in abi:
             if entry["type"] == "event" and entry["name"] in TASK_EVENTS:
                 signature = f"{entry['name']}({','.join(i['type'] for i in entry['inputs'])})"
-                self.entries[keccak(text=signature)] = entry
+                indexed = [(i["name"], i["type"]) for i in entry["inputs"] if i.get("indexed")]
+                plain = [(i["name"], i["type"]) for i in entry["inputs"] if not i.get("indexed")]
+                self.entries[keccak(text=signature)] = (entry["name"], indexed, plain)
 
     def decode(self, log) -> tuple[str, dict, Where] | None:
-        topics = log["topics"]
-        entry = self.entries.get(bytes(topics[0])) if topics else None
-        if entry is None:
+        topics = [bytes.fromhex(t[2:]) if isinstance(t, str) else bytes(t) for t in log["topics"]]
+        found = self.entries.get(topics[0]) if topics else None
+        if found is None:
             return None
-        data = get_event_data(self.codec, entry, log)
-        tx = bytes(data["transactionHash"]).hex()
-        where = Where(int(data["blockNumber"]), tx if tx.startswith("0x") else "0x" + tx,
-                      int(data["logIndex"]))
-        return data["event"], dict(data["args"]), where
+        name, indexed, plain = found
+        if len(topics) != len(indexed) + 1:
+            return None              # same signature, different indexing: not this registry's event
+        args = {}
+        for (arg, typ), topic in zip(indexed, topics[1:]):
+            if typ == "address":
+                args[arg] = "0x" + topic[12:].hex()
+            elif typ.startswith("uint"):
+                args[arg] = int.from_bytes(topic, "big")
+            else:
+                args[arg] = abi_decode([typ], topic)[0]
+        data = log["data"]
+        data = bytes.fromhex(data[2:]) if isinstance(data, str) else bytes(data)
+        for (arg, _), value in zip(plain, abi_decode([t for _, t in plain], data)):
+            args[arg] = value
+        tx = log["transactionHash"]
+        tx = tx if isinstance(tx, str) else bytes(tx).hex()
+        where = Where(_int(log["blockNumber"]), tx if tx.startswith("0x") else "0x" + tx,
+                      _int(log["logIndex"]))
+        return name, args, where
+
+
+def _int(value) -> int:
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+@lru_cache(maxsize=65536)
+def checksum(address: str) -> str:
+    """EIP-55 form of an address (cached: histories repeat the same few addresses)."""
+    return to_checksum_address(address)
 
 
 def _addr(value) -> str | None:
     if value is None or int(value, 16) == 0:
         return None
-    return to_checksum_address(value)
+    return checksum(value)
 
 
 # --- history assembly -------------------------------------------------------------------------
@@ -234,7 +275,7 @@ def load_history(registry, task_id: int, from_block: int = 0, to_block: int | No
     if to_block is None:
         to_block = int(w3.eth.block_number)
     logs = fetch_task_logs(w3, registry.address, task_id, from_block, to_block, chunk)
-    decoder = _Decoder(registry.artifact["abi"], w3.codec)
+    decoder = _Decoder(registry.artifact["abi"])
     decoded = [d for d in (decoder.decode(log) for log in logs) if d is not None]
     decoded.sort(key=lambda d: (d[2].block, d[2].log_index))
     return assemble(task_id, registry.address, decoded, from_block, to_block)
@@ -253,11 +294,11 @@ def assemble(task_id: int, address: str, decoded: list[tuple[str, dict, Where]],
             if created is not None:
                 raise AuditError(f"task {task_id} has two TaskCreated events (blocks "
                                  f"{created.at.block} and {where.block}); this is not a chainfl registry")
-            created = Created(coordinator=to_checksum_address(args["coordinator"]), mode=Mode(args["mode"]),
+            created = Created(coordinator=checksum(args["coordinator"]), mode=Mode(args["mode"]),
                               config_digest=bytes(args["configDigest"]), config_cid=args["configCid"],
                               initial_digest=bytes(args["initialDigest"]), initial_cid=args["initialCid"],
                               first_node=_addr(args["firstNode"]), at=where)
-            history = History(task_id, to_checksum_address(address), created,
+            history = History(task_id, checksum(address), created,
                               from_block=from_block, to_block=to_block)
             continue
         if history is None:
@@ -275,17 +316,17 @@ def assemble(task_id: int, address: str, decoded: list[tuple[str, dict, Where]],
 
 def _apply(h: History, name: str, a: dict, where: Where) -> None:
     if name == "HandoffRecorded":
-        h.steps.append(Handoff(seq=int(a["seq"]), node=to_checksum_address(a["node"]),
-                               next=to_checksum_address(a["next"]), parent=bytes(a["parent"]),
+        h.steps.append(Handoff(seq=int(a["seq"]), node=checksum(a["node"]),
+                               next=checksum(a["next"]), parent=bytes(a["parent"]),
                                digest=bytes(a["digest"]), cid=a["cid"], samples=int(a["samples"]),
                                loss=int(a["lossE6"]) / LOSS_SCALE, at=where))
     elif name == "HandoffRejected":
-        h.steps.append(Rejection(node=to_checksum_address(a["node"]), producer=to_checksum_address(a["producer"]),
+        h.steps.append(Rejection(node=checksum(a["node"]), producer=checksum(a["producer"]),
                                  digest=bytes(a["digest"]), restored=bytes(a["restored"]),
                                  reason=a["reason"], at=where))
     elif name == "TurnSkipped":
-        h.steps.append(Skip(skipped=to_checksum_address(a["skipped"]), next=to_checksum_address(a["next"]),
-                            by=to_checksum_address(a["by"]), at=where))
+        h.steps.append(Skip(skipped=checksum(a["skipped"]), next=checksum(a["next"]),
+                            by=checksum(a["by"]), at=where))
     elif name == "RoundOpened":
         h.rounds.append(Round(round=int(a["round"]), global_model=bytes(a["globalModel"]),
                               deadline=int(a["deadline"]), opened_at=where))
@@ -297,12 +338,12 @@ def _apply(h: History, name: str, a: dict, where: Where) -> None:
                                f"was never opened")
             return
         if name == "UpdateSubmitted":
-            rnd.submissions.append(Submission(round=number, node=to_checksum_address(a["node"]),
+            rnd.submissions.append(Submission(round=number, node=checksum(a["node"]),
                                               parent=bytes(a["parent"]), digest=bytes(a["digest"]),
                                               cid=a["cid"], samples=int(a["samples"]),
                                               loss=int(a["lossE6"]) / LOSS_SCALE, at=where))
         elif name == "UpdateFlagged":
-            rnd.flags[to_checksum_address(a["node"])] = a["reason"]
+            rnd.flags[checksum(a["node"])] = a["reason"]
         else:
             if rnd.finalized:
                 h.anomalies.append(f"round {number} finalized twice (blocks {rnd.finalized_at.block} "
@@ -311,7 +352,7 @@ def _apply(h: History, name: str, a: dict, where: Where) -> None:
             rnd.parent = bytes(a["parent"])
             rnd.digest = bytes(a["digest"])
             rnd.cid = a["cid"]
-            rnd.included = [to_checksum_address(n) for n in a["included"]]
+            rnd.included = [checksum(n) for n in a["included"]]
             rnd.finalized_at = where
     elif name == "TaskClosed":
         digest = a.get("releaseDigest")
@@ -319,6 +360,6 @@ def _apply(h: History, name: str, a: dict, where: Where) -> None:
         if h.closed is not None:
             h.anomalies.append(f"task closed twice (blocks {h.closed.at.block} and {where.block})")
             return
-        h.closed = Closed(by=to_checksum_address(a["by"]),
+        h.closed = Closed(by=checksum(a["by"]),
                           release_digest=bytes(digest) if digest and any(bytes(digest)) else None,
                           release_cid=cid or None, at=where)

@@ -81,6 +81,13 @@ def render_terminal(report: AuditReport, console=None) -> None:
             row.append(str(n.violations))
             t.add_row(*row)
         console.print(t)
+    if report.flags:
+        t = Table(title="Flags and rejections")
+        for col in ("kind", "seq", "round", "node", "by", "reason"):
+            t.add_column(col, overflow="fold")
+        for f in report.flags:
+            t.add_row(f["kind"], str(f["seq"] or "-"), str(f["round"] or "-"), f["node"], f["by"], f["reason"])
+        console.print(t)
     if report.release:
         r = report.release
         console.print(f"Release {r['cid']} ({_short(r['digest'])}): {r['status']}"
@@ -180,6 +187,11 @@ def to_html(report: AuditReport) -> str:
         parts.append(_table(fields, [[("-" if v is None else f"{v:.4f}" if isinstance(v, float) else v)
                                       for v in n.to_dict().values()] for n in report.nodes.values()],
                             ["bad" if n.violations else "" for n in report.nodes.values()]))
+    if report.flags:
+        parts.append("<h2>Flags and rejections</h2>")
+        parts.append(_table(["kind", "seq", "round", "node", "by", "reason"],
+                            [[f["kind"], f["seq"] or "-", f["round"] or "-", f["node"], f["by"], f["reason"]]
+                             for f in report.flags]))
     if report.aggregates:
         parts.append("<h2>Aggregates recomputed</h2>")
         parts.append(_table(["round", "strategy", "recorded digest", "CID", "inputs", "recomputed", "match"],

@@ -108,6 +108,7 @@ class AuditReport:
     lineage: list[dict] = field(default_factory=list)     # every model: label, digest, cid, parent, node, status
     rounds: list[dict] = field(default_factory=list)      # per-round metrics
     aggregates: list[dict] = field(default_factory=list)  # federated recomputations
+    flags: list[dict] = field(default_factory=list)       # flags and rejections: round/seq, node, reason
     release: dict | None = None
     final: dict | None = None                             # final model digest/cid
     counts: dict = field(default_factory=dict)
@@ -124,7 +125,7 @@ class AuditReport:
                 "warnings": list(self.warnings),
                 "nodes": {a: n.to_dict() for a, n in self.nodes.items()},
                 "lineage": list(self.lineage), "rounds": list(self.rounds),
-                "aggregates": list(self.aggregates), "release": self.release, "final": self.final,
+                "aggregates": list(self.aggregates), "flags": list(self.flags), "release": self.release, "final": self.final,
                 "counts": dict(self.counts), "seconds": round(self.seconds, 3)}
 
 
@@ -207,6 +208,7 @@ class _Auditor:
         self.lineage: list[dict] = []
         self.rounds: list[dict] = []
         self.aggregates: list[dict] = []
+        self.flags: list[dict] = []
         self.spec = None
         self.expected: dict | None = None
         self.param_order: list[str] | None = None
@@ -318,6 +320,8 @@ class _Auditor:
             elif isinstance(step, Rejection):
                 where = dict(round=(seq - 1) // self.n_nodes + 1 if seq else None, seq=seq or None,
                              node=step.node, cid=cids.get(step.digest))
+                self.flags.append({"kind": "rejection", "round": where["round"], "seq": where["seq"],
+                                   "node": step.producer, "by": step.node, "reason": step.reason})
                 self.node(step.node).rejections_issued += 1
                 self.node(step.producer).rejections_received += 1
                 if step.node != expected:
@@ -398,7 +402,9 @@ class _Auditor:
                 state = self.load_model(f"round {r.round} update", s.digest, s.cid, node=s.node,
                                         round=r.round, parent=s.parent)
                 updates.append((s, state))
-            for node in r.flags:
+            for node, reason in r.flags.items():
+                self.flags.append({"kind": "flag", "round": r.round, "seq": None, "node": node,
+                                   "by": c.coordinator, "reason": reason})
                 self.node(node).flags += 1
                 if node not in seen:
                     self.violate("flag-inconsistent", "flagged a node that submitted no update",
@@ -592,7 +598,8 @@ def verify_history(history: History, store, live_state=None, *, timeout: float =
                          mode="chained" if history.mode == Mode.CHAINED else "federated",
                          spec=None if a.spec is None else a.spec.to_dict(), violations=a.violations,
                          warnings=a.warnings, nodes=dict(sorted(summaries.items())), lineage=a.lineage,
-                         rounds=a.rounds, aggregates=a.aggregates, release=release, final=a.final)
+                         rounds=a.rounds, aggregates=a.aggregates, flags=a.flags, release=release,
+                         final=a.final)
     report.counts = {"events": history.events, "handoffs": len(history.handoffs),
                      "rejections": sum(isinstance(s, Rejection) for s in history.steps),
                      "skips": sum(isinstance(s, Skip) for s in history.steps),

@@ -61,6 +61,9 @@ def test_honest_chained_history_passes(recorded):
     assert sum(n.rejections_issued for n in report.nodes.values()) == 1
     assert sum(n.rejections_received for n in report.nodes.values()) == 1
     assert [r["round"] for r in report.rounds] == [1, 2]
+    (rejection,) = report.flags
+    assert rejection["kind"] == "rejection" and rejection["seq"] == 3 and rejection["reason"] == "validation loss worse"
+    assert rejection["node"] == rec.nodes[2].address and rejection["by"] == rec.nodes[0].address
     assert report.final["digest"] == "0x" + rec.digests[-1].hex()
 
 
@@ -73,6 +76,8 @@ def test_honest_federated_history_recomputes_every_aggregate(recorded):
     poisoned = rec.nodes[1].address
     assert report.nodes[poisoned].flags == 2 and report.nodes[poisoned].included == 0
     assert all(a["strategy_flagged"] == [poisoned] for a in report.aggregates)
+    assert [(f["kind"], f["round"], f["node"], f["reason"]) for f in report.flags] == \
+        [("flag", 1, poisoned, "screening outlier"), ("flag", 2, poisoned, "screening outlier")]
     d = report.to_dict()
     assert d["ok"] is True and d["counts"]["aggregates_recomputed"] == 2
 

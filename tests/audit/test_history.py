@@ -28,6 +28,8 @@ class _Eth:
 
 
 class _W3:
+    provider = None          # not an HTTP provider: logs go through w3.eth.get_logs
+
     def __init__(self, eth):
         self.eth = eth
 

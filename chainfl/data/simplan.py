@@ -14,6 +14,8 @@ Roles. Normal (label 0):
 * ``casual`` — most accounts: a withdrawal or two, a few payments to merchants, friends and dapps,
   maybe a deposit back. Some (``casual`` with ``hunter`` behaviour) claim airdrops like sybils do.
 * ``bot`` — deploy a contract, then transact on a near-regular schedule with a few counterparties.
+* ``payroll`` — a withdrawal in, then the same pay to the same 4-20 people every 5-8 days.
+* ``faucet`` — small gifts to 10-40 users. Casual friends also pass money round in small rings.
 
 Anomalous (label 1), one group per typology, repeated until the anomalous share is reached:
 
@@ -46,13 +48,14 @@ from chainfl.errors import ConfigError
 GWEI = 10**9
 ETHER = 10**18
 FUNDER = -1                           # sender index of the funder (known only when sending)
+MAX_DEFERRALS = 10                    # an unaffordable intent waits at most this many blocks, then is dropped
 GAS_TRANSFER = 21_000                 # plain transfer to an externally owned account
 GAS_CALL = 30_000                     # transfer to one of the simulator's contracts (code: STOP)
 GAS_CREATE = 80_000                   # creation of such a contract
 #: Init code deploying a 1-byte contract ``0x00`` (STOP): it accepts any ether sent to it.
 CREATE_CODE = "0x600060005360016000f3"
 
-NORMAL_ROLES = ("exchange", "merchant", "casual", "bot")
+NORMAL_ROLES = ("exchange", "merchant", "casual", "bot", "payroll", "faucet")
 ANOMALOUS_ROLES = ("phishing", "ponzi", "wash", "sybil", "sybil-farmer", "dusting", "peel")
 TYPOLOGIES = ("phishing", "ponzi", "wash", "sybil", "dusting", "peel")
 
@@ -65,7 +68,7 @@ class SimConfig:
     seed: int = 0                    # derives keys and every random choice
     days: float = 14.0               # simulated period
     anomaly_share: float = 0.2       # target share of accounts in anomalous typologies
-    label_noise: float = 0.02        # share of accounts whose recorded label is flipped
+    label_noise: float = 0.03        # share of accounts whose recorded label is flipped
     activity: float = 1.0            # scales normal accounts' transaction counts
     txs_per_block: int = 40          # target mean transactions per block (sets the block interval)
     max_txs_per_block: int = 300     # hard cap (a block holds ~1400 transfers at 30M gas)
@@ -125,6 +128,18 @@ class Plan:
         """Wei the funder sends (values + its own gas at the maximum fee)."""
         fee = int(self.config.max_fee_gwei * GWEI)
         return sum(t.value + t.gas * fee for b in self.blocks for t in b.txs if t.sender == FUNDER)
+
+    def txs(self, start_time: int = 0, first_block: int = 1, funder: str = "0x" + "f" * 40) -> list:
+        """The plan as :class:`chainfl.data.features.Tx` records, as if mined from ``first_block``
+        on at ``start_time + offset`` (what :func:`simulator.send_plan` writes on a quiet chain)."""
+        from chainfl.data.features import Tx
+
+        return [Tx(first_block + k, start_time + block.offset,
+                   funder if t.sender == FUNDER else self.accounts[t.sender].address, t.to, t.value, t.created)
+                for k, block in enumerate(self.blocks) for t in block.txs]
+
+    def labels(self, true: bool = False) -> dict[str, int]:
+        return {a.address: (a.true_label if true else a.label) for a in self.accounts}
 
     def summary(self) -> dict:
         roles: dict[str, int] = {}
@@ -188,7 +203,10 @@ def _assign_roles(cfg: SimConfig, rng: np.random.Generator) -> tuple[list[str], 
     n_ex = max(1, rest // 100)
     n_merchant = max(2, rest // 20)
     n_bot = max(2, rest // 20)
-    roles += ["exchange"] * n_ex + ["merchant"] * n_merchant + ["bot"] * n_bot
+    n_payroll = max(1, rest // 50)
+    n_faucet = max(1, rest // 100)
+    roles += (["exchange"] * n_ex + ["merchant"] * n_merchant + ["bot"] * n_bot + ["payroll"] * n_payroll
+              + ["faucet"] * n_faucet)
     roles += ["casual"] * (n - len(roles))
     order = rng.permutation(n)              # shuffle so index says nothing about the role
     shuffled = [roles[i] for i in order]
@@ -227,9 +245,33 @@ def make_plan(cfg: SimConfig) -> Plan:
             target = peers[int(rng.integers(len(peers)))] if rng.random() < 0.5 else ("contract", b)
             it.add(t, b, target, _eth(value * rng.uniform(0.9, 1.1)))
             t += period * rng.uniform(0.85, 1.15)
-    hunters = set(int(i) for i in rng.choice(casual, size=max(1, len(casual) // 20), replace=False))
+    for p in by_role["payroll"]:        # fan-out like a Ponzi's, but regular and from a withdrawal
+        staff = [addr[int(j)] for j in rng.choice(casual, size=min(len(casual), int(rng.integers(4, 21))), replace=False)]
+        pay = rng.lognormal(-1.5, 0.5)
+        it.add(rng.uniform(0, 0.05 * T), exchanges[int(rng.integers(len(exchanges)))], addr[p],
+               _eth(pay * len(staff) * 5))
+        t = rng.uniform(0.05 * T, 0.2 * T)
+        while t < T:
+            for a in staff:
+                it.add(t + rng.uniform(0, 600), p, a, _eth(pay * rng.uniform(0.95, 1.05)))
+            t += rng.uniform(5, 8) * 86_400
+    for f in by_role["faucet"]:          # many tiny gifts like dusting, but larger and to fewer
+        it.add(rng.uniform(0, 0.02 * T), FUNDER, addr[f], _eth(0.5))
+        t = rng.uniform(0.02 * T, 0.5 * T)
+        for a in rng.choice(casual, size=min(len(casual), int(rng.integers(10, 41))), replace=False):
+            it.add(t, f, addr[int(a)], _eth(rng.uniform(0.001, 0.005)))
+            t += rng.exponential(3600)
+    for _ in range(max(1, len(casual) // 40)):   # friends passing money round, like a wash ring
+        ring = [int(j) for j in rng.choice(casual, size=min(len(casual), int(rng.integers(3, 5))), replace=False)]
+        t = rng.uniform(0.3 * T, 0.8 * T)
+        for _ in range(int(rng.integers(2, 7))):
+            for k, m in enumerate(ring):
+                it.add(t, m, addr[ring[(k + 1) % len(ring)]], float(rng.uniform(0.2, 0.6)))
+                t += rng.uniform(600, 86_400)
+    hunters = set(int(i) for i in rng.choice(casual, size=max(1, len(casual) // 10), replace=False))
+    first_in: dict[int, float] = {}    # casual user -> time of the first withdrawal
     for c in casual:
-        t = rng.uniform(0, 0.7 * T)
+        t = first_in[c] = rng.uniform(0, 0.7 * T)
         for _ in range(1 + int(rng.random() < 0.5)):
             it.add(t, exchanges[int(rng.integers(len(exchanges)))], addr[c], _eth(rng.lognormal(-1.0, 1.0)))
             t2 = t
@@ -258,13 +300,13 @@ def make_plan(cfg: SimConfig) -> Plan:
     # Anomalous behaviour -----------------------------------------------------------------
     free_casual = [c for c in casual if c not in hunters]
     for g in groups:
-        typ = roles[g[0]]
+        typ = "sybil" if roles[g[0]] == "sybil-farmer" else roles[g[0]]
         start = rng.uniform(0.05 * T, 0.6 * T)
         if typ == "phishing":
-            victims = rng.choice(free_casual, size=min(len(free_casual), int(rng.integers(3, 16))), replace=False)
+            victims = rng.choice(free_casual, size=min(len(free_casual), int(rng.integers(1, 16))), replace=False)
             last = start
             for v in victims:
-                tv = start + rng.exponential(0.1 * T)
+                tv = max(start, first_in[int(v)] + 3600) + rng.exponential(0.1 * T)
                 it.add(tv, int(v), addr[g[0]], float(rng.uniform(0.85, 0.98)))
                 last = max(last, tv)
             for k in range(int(rng.integers(1, 4))):
@@ -353,7 +395,7 @@ def _replay(cfg: SimConfig, it: _Intents, addr: list[str], exchanges: set[int], 
 
         def defer():
             nonlocal dropped
-            if tries < 3:
+            if tries < MAX_DEFERRALS:
                 heapq.heappush(it.heap, ((b + 1) * dt, seq, sender, to, amount, kind, tries + 1))
             else:
                 dropped += 1

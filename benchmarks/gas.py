@@ -70,7 +70,7 @@ def measure(url: str, n_nodes: int) -> dict[str, list[int]]:
         receiver = ring[8 % 4]
         record("rejectHandoff", reg.reject_handoff(task, head, "validation F1 dropped", receiver))
         record("skipTurn", reg.skip_turn(task, b, coord))
-        record("closeTask", reg.close_task(task, coord))
+        record("closeTask (with release)", reg.close_task(task, D("release"), CID, coord))
 
         # federated: rounds with 4 submissions, one flag, finalize with 3 included
         fed = reg.create_task(D("cfg"), CID, Mode.FEDERATED, D("g0"), CID, None, coord)

@@ -148,16 +148,20 @@ contract ChainflRegistry is IChainflRegistry {
         emit TaskCreated(taskId, msg.sender, mode, configDigest, configCid, initialDigest, initialCid, firstNode);
     }
 
-    /// @notice Close a task: no further handoffs, rounds or updates. Task coordinator only.
+    /// @notice Close a task: no further handoffs, rounds or updates. Optionally anchors the released
+    ///         model (e.g. the final detector) by digest + CID. Task coordinator only.
     /// @param taskId an open task.
+    /// @param releaseDigest sha256 of the released model blob, or 0 (with an empty CID) for none.
+    /// @param releaseCid CID of the released model blob, or "" for none.
     /// @dev Emits a {TaskClosed} event.
-    function closeTask(uint256 taskId) external {
+    function closeTask(uint256 taskId, bytes32 releaseDigest, string calldata releaseCid) external {
         Task storage t = _existingTask(taskId);
         if (t.closed) revert RegistryTaskClosed(taskId);
         _checkTaskCoordinator(t, taskId);
+        if (releaseDigest != bytes32(0) || bytes(releaseCid).length != 0) _checkModel(releaseDigest, releaseCid);
         t.closed = true;
         t.roundOpen = false;
-        emit TaskClosed(taskId, msg.sender);
+        emit TaskClosed(taskId, msg.sender, releaseDigest, releaseCid);
     }
 
     // ------------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ interface IChainflRegistry {
         string initialCid,
         address firstNode
     );
-    event TaskClosed(uint256 indexed taskId, address indexed by);
+    event TaskClosed(uint256 indexed taskId, address indexed by, bytes32 releaseDigest, string releaseCid);
 
     // --- events: chained mode -----------------------------------------------------------------
     event HandoffRecorded(

@@ -85,6 +85,17 @@ def registry_for(chain, home=None) -> Registry:
     return Registry.at(chain, entry["address"])
 
 
+def registry_address(chain, home=None) -> str | None:
+    """The recorded registry address on ``chain`` (not yet verified; :meth:`Registry.at` does), or None."""
+    entry = find_deployment(chain, home)
+    return entry["address"] if entry else None
+
+
+def record(chain, address: str, home=None) -> dict:
+    """Record an existing registry at ``address`` (its code is verified first)."""
+    return record_deployment(chain, Registry.at(chain, address), None, home)
+
+
 def deploy_registry(chain, admin=None, home=None, force: bool = False) -> tuple[Registry, dict, bool]:
     """Deploy and record a registry unless a verified one is recorded already (or ``force``).
 

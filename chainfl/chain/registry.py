@@ -30,6 +30,7 @@ __all__ = ["Mode", "TaskState", "NodeState", "Event", "Registry", "RegistryArgum
 LOSS_SCALE = 1_000_000
 _UINT32_MAX = 2**32 - 1
 _ZERO_ADDRESS = "0x" + "00" * 20
+ZERO32 = b"\0" * 32
 
 
 class RegistryArgumentError(ChainflError):
@@ -279,9 +280,12 @@ class Registry:
         receipt = self._transact(fn, sender)
         return int(self._event_from(receipt, "TaskCreated")["taskId"])
 
-    def close_task(self, task_id: int, sender):
-        """Close a task (its coordinator only)."""
-        return self._transact(self.contract.functions.closeTask(_uint(task_id, "task_id", 256)), sender)
+    def close_task(self, task_id: int, release_digest, release_cid: str | None, sender):
+        """Close a task (its coordinator only), anchoring the released model's digest + CID in the
+        TaskClosed event; pass ``None, None`` to close without a release."""
+        digest = ZERO32 if release_digest is None else _bytes32(release_digest, "release_digest")
+        fn = self.contract.functions.closeTask(_uint(task_id, "task_id", 256), digest, str(release_cid or ""))
+        return self._transact(fn, sender)
 
     # -- chained mode ----------------------------------------------------------------------
     def record_handoff(self, task_id: int, parent, digest, cid: str, samples: int, loss: float,

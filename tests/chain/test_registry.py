@@ -196,18 +196,35 @@ def test_create_task_misuse(env):
 def test_close_task(env):
     task = env.chained()
     with reverts(E.RegistryNotTaskCoordinator, taskId=task, coordinator=env.coord.address, caller=env.admin.address):
-        env.reg.close_task(task, env.admin)
-    receipt = env.reg.close_task(task, env.coord)
-    assert one_event(env.reg, receipt, "TaskClosed") == {"taskId": task, "by": env.coord.address}
+        env.reg.close_task(task, None, None, env.admin)
+    receipt = env.reg.close_task(task, None, None, env.coord)
+    assert one_event(env.reg, receipt, "TaskClosed") == {"taskId": task, "by": env.coord.address,
+                                                         "releaseDigest": ZERO, "releaseCid": ""}
     assert env.reg.task(task).closed
     with reverts(E.RegistryTaskClosed, taskId=task):
-        env.reg.close_task(task, env.coord)
+        env.reg.close_task(task, None, None, env.coord)
     with reverts(E.RegistryTaskClosed, taskId=task):
         env.reg.record_handoff(task, D("m0"), D("m1"), CID, 1, 0.0, env.nodes[1], env.nodes[0])
     with reverts(E.RegistryUnknownTask, taskId=99):
-        env.reg.close_task(99, env.coord)
+        env.reg.close_task(99, None, None, env.coord)
     with reverts(E.RegistryUnknownTask, taskId=99):
         env.reg.task(99)
+
+
+def test_close_task_with_a_release(env):
+    task = env.federated()
+    with reverts(E.RegistryEmptyCid):
+        env.reg.close_task(task, D("release"), None, env.coord)
+    with reverts(E.RegistryZeroDigest):
+        env.reg.close_task(task, None, CID, env.coord)
+    rnd = env.reg.open_round(task, env.deadline(), env.coord)
+    receipt = env.reg.close_task(task, D("release"), CID, env.coord)
+    assert one_event(env.reg, receipt, "TaskClosed") == {"taskId": task, "by": env.coord.address,
+                                                         "releaseDigest": D("release"), "releaseCid": CID}
+    t = env.reg.task(task)
+    assert t.closed and not t.round_open
+    with reverts(E.RegistryTaskClosed, taskId=task):
+        env.reg.submit_update(task, rnd, D("g0"), D("u"), CID, 1, 0.1, env.nodes[0])
 
 
 def test_revoked_coordinator_cannot_run_its_task(env):

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from chainfl.chain import connect
 from chainfl.chain.deployments import (
-    artifact_code_sha256, chain_key, deploy_registry, find_deployment, load_deployments, registry_for)
+    artifact_code_sha256, chain_key, deploy_registry, find_deployment, load_deployments, record, registry_address,
+    registry_for)
 from chainfl.cli import main
 from chainfl.errors import DeploymentError
 
@@ -36,8 +37,21 @@ def test_deploy_records_and_reuses_on_every_chain(chain_url, tmp_path):
 
 def test_registry_for_without_a_record_says_to_deploy(tmp_path):
     with connect("eth-tester://memory") as chain:
+        assert registry_address(chain, home=tmp_path) is None
         with pytest.raises(DeploymentError, match="chainfl deploy"):
             registry_for(chain, home=tmp_path)
+
+
+def test_record_an_existing_registry(tmp_path):
+    from chainfl.chain.registry import Registry
+
+    with connect("eth-tester://memory") as chain:
+        registry = Registry.deploy(chain, chain.accounts[0])
+        entry = record(chain, registry.address, home=tmp_path)
+        assert entry["address"] == registry.address and entry["block"] is None
+        assert registry_address(chain, home=tmp_path) == registry.address
+        with pytest.raises(DeploymentError, match="no contract"):
+            record(chain, chain.accounts[3].address, home=tmp_path)
 
 
 def test_recorded_address_without_code_is_refused_and_redeployed(tmp_path):

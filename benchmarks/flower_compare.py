@@ -337,7 +337,9 @@ def report(results: list[RunResult], workload: C.Workload, rounds: int, prep_s: 
              "partition, so their final models differ only through aggregation order/rounding (Flower "
              "sums in float32, chainfl in float64) and, on chain, not at all in the learning.",
              "torch uses the thread count in the versions line for the in-process and on-chain runs; "
-             "Ray gives each Flower actor 1 CPU (OMP_NUM_THREADS=1).",
+             "Ray gives each Flower actor 1 CPU (OMP_NUM_THREADS=1). Flower trains on its actors in "
+             "parallel (2 processes on 2 cores by default); chainfl's in-process loop and its stepped "
+             "on-chain agents train one node after the other in one process.",
              "Reference measured earlier on this machine type (../shared/REFERENCE.md): Flower "
              "0.55-0.60 s/round after a 10-16 s start, bare loop 0.22 s/round."]
     extra = {(f"chain {r.detail['config']}" if r.system == "chain" else r.system):

@@ -422,6 +422,8 @@ def report(workload, rounds, ref, runs, prof_rows, profile, results_dir=None) ->
         chain_calls = sorted(((k.split(".", 1)[1], v) for k, v in run["by_name"].items()
                               if k.startswith("chain.")), key=lambda kv: -kv[1])[:3]
         reads = ", ".join(k for k, _ in chain_calls)
+        headline["configs"][run["config"]]["bottleneck"] = top
+        headline["configs"][run["config"]]["top_chain_calls"] = [k for k, _ in chain_calls]
         bottlenecks.append(f"{run['config']}: {top} ({100 * med[top] / C.median(r['wall'] for r in warm_rows):.0f} %"
                            f" of the round)" + (f"; largest chain calls: {reads}" if top == "chain" else ""))
     w = workload.description

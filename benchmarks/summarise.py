@@ -142,7 +142,9 @@ def gas_headline(r: Result) -> str | None:
 def overhead_headline(r: Result) -> str:
     h = r.meta["headline"]
     parts = [f"{cfg}: {_f(v['s_per_round'])} s/round, {_f(v['chain_storage_pct'], 0)} % chain + storage "
-             f"({_f(v['x_inprocess'], 0)}× in-process)" for cfg, v in h["configs"].items()]
+             f"({_f(v['x_inprocess'], 0)}× in-process" + (f"; bottleneck: {v['bottleneck']}" if v.get("bottleneck") else "")
+             + (f" — {', '.join(v['top_chain_calls'][:2])}" if v.get("bottleneck") == "chain" and v.get("top_chain_calls") else "")
+             + ")" for cfg, v in h["configs"].items()]
     return (f"{h['nodes']} nodes, in-process {_f(h['inprocess_s_per_round'], 3)} s/round; "
             + "; ".join(parts) + ".")
 

@@ -162,7 +162,7 @@ def registry_artifact() -> dict:
 EVENT_NAMES = tuple(e["name"] for e in registry_artifact()["abi"] if e["type"] == "event")
 
 
-#: Gas limit per registry function: about 2x the gas measured by ``benchmarks/gas.py`` (see
+#: Gas limit per registry function: at least 2x the gas measured by ``benchmarks/gas.py`` (see
 #: ``benchmarks/results/gas.md``), plus a per-byte allowance for free-text reasons and a per-node
 #: allowance for ``finalizeRound``. Sending with a limit skips ``eth_estimateGas`` (one round
 #: trip less on HTTP nodes; on eth-tester an estimate replays the transaction ~14 times). A
@@ -236,9 +236,12 @@ class Registry:
         try:
             return chain.transact(fn, sender, gas=gas)
         except TransactionError as e:
-            typed = decode_revert(getattr(e, "revert_data", b""), selectors)
+            revert_data = getattr(e, "revert_data", b"")
+            typed = decode_revert(revert_data, selectors)
             if typed is None:
                 raise
+            typed.revert_data = revert_data                  # same attributes as the backend's error
+            typed.receipt = getattr(e, "receipt", None)      # set when the revert was mined
             raise typed from e
 
     def _transact(self, fn, sender, gas: int | None = None, extra: int = 0):

@@ -14,13 +14,14 @@ import pytest
 
 from chainfl.chain import connect
 from chainfl.chain import errors as E
-from chainfl.chain.registry import EVENT_NAMES, Mode, Registry, RegistryArgumentError
+from chainfl.chain.registry import EVENT_NAMES, Mode, Registry, RegistryArgumentError, registry_artifact
 from chainfl.errors import ContractError, DeploymentError
 
 #: A realistic CIDv1 (base32, raw leaves, sha2-256): 59 characters, as the store returns.
 CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
 ZERO = b"\0" * 32
 ZERO_ADDRESS = "0x" + "00" * 20
+SELECTORS = E.error_selectors(registry_artifact()["abi"])
 
 
 def D(label: str) -> bytes:
@@ -37,6 +38,9 @@ def reverts(cls, **args):
     assert info.value.error_name == cls.__name__
     assert info.value.error_args == args
     assert cls.__name__ in str(info.value)
+    data = getattr(info.value, "revert_data", None)  # None only for errors raised by views client-side
+    if data is not None:
+        assert SELECTORS[bytes(data[:4])]["name"] == cls.__name__
 
 
 def one_event(reg: Registry, receipt, name: str) -> dict:

@@ -313,6 +313,10 @@ class _Auditor:
                 if not self.participant(step.next):
                     self.violate("not-participant", f"next node {step.next} is not a participant in "
                                  f"the task spec", **where)
+                elif self.spec is not None and self.participant(step.node) \
+                        and step.next.lower() != self.spec.next_node(step.node).lower():
+                    self.warnings.append(f"seq {step.seq}: {step.node} handed over to {step.next}, not to "
+                                         f"{self.spec.next_node(step.node)} as the spec's order says")
                 self.load_model(f"handoff seq {step.seq}", step.digest, step.cid, node=step.node,
                                 round=rnd, seq=step.seq, parent=step.parent)
                 cids[step.digest] = step.cid

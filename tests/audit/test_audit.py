@@ -214,3 +214,36 @@ def test_audit_runs_on_every_chain_backend(chain_url, tmp_path):
         assert chain.w3.eth.block_number >= report.counts["to_block"]
     assert report.ok, [str(v) for v in report.violations]
     assert report.aggregates[0]["match"] and rec.registry.task(rec.task_id).mode == Mode.FEDERATED
+
+
+def _eth_tester_set_storage(chain, address: str, slot: int, value: bytes) -> None:
+    """Overwrite one storage slot of the embedded chain's state (py-evm), then mine a block."""
+    from eth_utils import to_canonical_address
+
+    with chain.evm.lock:
+        pychain = chain.evm.backend.chain
+        state = pychain.get_vm().state
+        state.set_storage(to_canonical_address(address), slot, int.from_bytes(value, "big"))
+        state.persist()
+        pychain.header = pychain.header.copy(state_root=state.state_root)
+    chain.mine_block()
+
+
+def test_handoff_out_of_order_on_eth_tester_is_named(tmp_path):
+    """The same forgery on the embedded chain, by editing py-evm's state directly."""
+    store = open_store((tmp_path / "store").as_uri())
+    with connect("eth-tester://memory") as chain:
+        rec = record_chained(chain, store, n_nodes=2, rounds=1, close=False)
+        reg = rec.registry
+        forged_state, _ = decode(store, rec.cids[0])
+        forged = encode_model({k: v * 3 for k, v in forged_state.items()}, {"kind": "forged"})
+        store.put(forged)
+        _eth_tester_set_storage(chain, reg.address, _task_slot(rec.task_id), digest(forged))
+        assert reg.task(rec.task_id).head == digest(forged)
+        blob = encode_model({k: v - 1 for k, v in forged_state.items()}, {"kind": "handoff"})
+        cid = store.put(blob)
+        reg.record_handoff(rec.task_id, digest(forged), digest(blob), cid, 5, 0.3, rec.nodes[1], rec.nodes[0])
+        report = audit_task(chain, reg, store, rec.task_id)
+    assert [v.kind for v in report.violations] == ["handoff-order"], [str(v) for v in report.violations]
+    (v,) = report.violations
+    assert v.seq == 3 and v.node == rec.nodes[0].address and v.cid == cid

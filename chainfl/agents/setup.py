@@ -95,3 +95,37 @@ def build_spec(*, mode: str, nodes, rounds: int, stats: list[FeatureStats], hidd
                     feature_names=tuple(scaler.feature_names), scaler=scaler.to_dict(),
                     strategy=strategy_spec, gate=ValidationGate().to_dict() if (gate and mode == "chained") else {},
                     round_seconds=round_seconds, quorum=quorum, seed=seed)
+
+
+def load_signer(chain, account: int | None = None, keystore: str | None = None, password: str | None = None):
+    """The signing account: dev account ``account`` (from ganache.env's mnemonic) or an encrypted
+    keystore (real networks). The key never leaves the LocalAccount; nothing here logs it."""
+    if keystore:
+        from chainfl.chain.accounts import load_keystore
+
+        if password is None:
+            raise ConfigError("a keystore needs its password (prompt, or CHAINFL_KEYSTORE_PASSWORD)")
+        return load_keystore(keystore, password)
+    if account is None:
+        raise ConfigError("pass --account I (a dev account from ganache.env's mnemonic) or --keystore FILE")
+    return chain.account(int(account))
+
+
+def resolve_nodes(chain, nodes: str) -> list[str]:
+    """``"5"`` -> dev accounts 1..5; ``"0xA,0xB"`` -> those addresses (checksummed)."""
+    from eth_utils import is_address, to_checksum_address
+
+    text = str(nodes).strip()
+    if text.isdigit():
+        n = int(text)
+        if n < 1:
+            raise ConfigError("--nodes must be >= 1")
+        return [chain.account(i).address for i in range(1, n + 1)]
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if not is_address(part):
+            raise ConfigError(f"--nodes: {part!r} is not an address; give a count or comma-separated addresses")
+        out.append(to_checksum_address(part))
+    if not out:
+        raise ConfigError("--nodes is empty")
+    return out

@@ -14,6 +14,7 @@ cannot start fails the tests that need it, with the reason. To run quickly witho
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,19 @@ from chainfl import config
 CHAIN_BACKENDS = [b.strip() for b in os.environ.get("CHAINFL_TEST_CHAINS", "eth-tester,ganache,anvil").split(",") if b.strip()]
 STORE_BACKENDS = [b.strip() for b in os.environ.get("CHAINFL_TEST_STORES", "file,ipfs").split(",") if b.strip()]
 
-# Test-only ports, so a developer's own `chainfl chain up` (8545/8546) keeps running undisturbed.
-TEST_PORTS = {"ganache": 18545, "anvil": 18546, "ipfs": 15002}
+
+
+def _free_port() -> int:
+    """A port nothing listens on now, so concurrent test sessions (and a developer's own
+    `chainfl chain up` on 8545/8546) never collide. CHAINFL_TEST_<NAME>_PORT overrides it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _test_port(name: str) -> int:
+    value = os.environ.get(f"CHAINFL_TEST_{name.upper()}_PORT")
+    return int(value) if value else _free_port()
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +47,7 @@ def node_settings():
 def _start_local_node(kind: str, settings, tmp_path_factory):
     from chainfl.chain.nodes import LocalNode
 
-    node = LocalNode(kind, settings=settings, port=TEST_PORTS[kind],
+    node = LocalNode(kind, settings=settings, port=_test_port(kind),
                      log_dir=tmp_path_factory.mktemp(f"{kind}-log"))
     node.start(timeout=60)
     return node
@@ -59,7 +71,7 @@ def anvil_url(node_settings, tmp_path_factory):
 def ipfs_url(tmp_path_factory):
     from chainfl.storage.daemon import IpfsDaemon
 
-    daemon = IpfsDaemon(repo_dir=tmp_path_factory.mktemp("ipfs-repo"), api_port=TEST_PORTS["ipfs"])
+    daemon = IpfsDaemon(repo_dir=tmp_path_factory.mktemp("ipfs-repo"), api_port=_test_port("ipfs"))
     daemon.start(timeout=90)
     yield daemon.url
     daemon.stop()

@@ -19,26 +19,15 @@ registry_option = click.option(
 
 
 def resolve_registry(chain, address: str | None):
-    """The :class:`Registry` at ``address``, else the deployment recorded for ``chain``."""
+    """The :class:`Registry` at ``address``, else the deployment `chainfl deploy` recorded for ``chain``."""
+    from chainfl.chain import deployments
     from chainfl.chain.registry import Registry
 
-    if address:
-        return Registry.at(chain, address)
-    try:
-        from chainfl.chain import deployments
-    except ImportError:
-        deployments = None
-    if deployments is not None:
-        for name in ("registry_address", "lookup", "load_address", "find", "get"):
-            fn = getattr(deployments, name, None)
-            if callable(fn):
-                found = fn(chain)
-                found = getattr(found, "address", found)
-                if isinstance(found, str) and found:
-                    return Registry.at(chain, found)
-                break
-    raise ConfigError(f"no registry address: pass --registry ADDRESS (or set CHAINFL_REGISTRY), or deploy "
-                      f"one on {chain.url} with `chainfl deploy`")
+    address = address or deployments.registry_address(chain)
+    if not address:
+        raise ConfigError(f"no registry address: pass --registry ADDRESS (or set CHAINFL_REGISTRY), or "
+                          f"deploy one on {chain.url} with `chainfl deploy`")
+    return Registry.at(chain, address)
 
 
 @click.command("audit")

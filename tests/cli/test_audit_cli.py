@@ -75,3 +75,15 @@ def test_unknown_task_is_a_clean_error(history):
                                        "--registry", chained.registry.address])
     assert result.exit_code == 1
     assert "no TaskCreated event" in result.stderr and "Traceback" not in result.output
+
+
+def test_registry_defaults_to_the_recorded_deployment(history, chainfl_home):
+    from chainfl.chain import deployments
+
+    url, store_dir, chained, _ = history
+    with connect(url) as chain:
+        deployments.record(chain, chained.registry.address)
+    result = CliRunner().invoke(main, ["audit", "--task", str(chained.task_id), "--rpc", url,
+                                       "--store", store_dir.as_uri(), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["registry"] == chained.registry.address

@@ -67,7 +67,7 @@ class SimConfig:
     n_accounts: int = 200            # simulated accounts (all labelled); the funder is extra
     seed: int = 0                    # derives keys and every random choice
     days: float = 14.0               # simulated period
-    anomaly_share: float = 0.2       # target share of accounts in anomalous typologies
+    anomaly_share: float = 0.2       # target share of anomalous accounts (at least one group per typology)
     label_noise: float = 0.03        # share of accounts whose recorded label is flipped
     activity: float = 1.0            # scales normal accounts' transaction counts
     txs_per_block: int = 40          # target mean transactions per block (sets the block interval)
@@ -188,10 +188,11 @@ def _assign_roles(cfg: SimConfig, rng: np.random.Generator) -> tuple[list[str], 
     roles: list[str] = []
     groups: list[list[int]] = []       # anomalous groups (indices), in creation order
     k = 0
-    while budget > 0:                  # one group per typology in turn; the first round is complete
+    cap = max(3, n // 12)              # group size cap, so small simulations keep room for normal users
+    while budget > 0 or k < len(TYPOLOGIES):   # the first round holds every typology
         typ = TYPOLOGIES[k % len(TYPOLOGIES)]
-        size = {"phishing": 1, "ponzi": 1, "dusting": 1, "wash": int(rng.integers(3, 6)),
-                "sybil": int(rng.integers(4, 9)), "peel": int(rng.integers(4, 9))}[typ]
+        size = {"phishing": 1, "ponzi": 1, "dusting": 1, "wash": min(cap, int(rng.integers(3, 6))),
+                "sybil": min(cap, int(rng.integers(4, 9))), "peel": min(cap, int(rng.integers(4, 9)))}[typ]
         if k >= len(TYPOLOGIES) and size > budget:
             break
         start = len(roles)

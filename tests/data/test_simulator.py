@@ -17,7 +17,7 @@ CONFIG = SimConfig(n_accounts=40, seed=101, days=2)
 
 @pytest.fixture
 def simulated(chain_url):
-    """A 40-account simulation on a chain of each backend.
+    """A 30-account simulation (every typology) on a chain of each backend.
 
     Session nodes (Ganache, Anvil) are shared by every test: a fresh seed per use keeps the
     simulated accounts fresh, and a high dev account as funder keeps out of other tests' way.
@@ -26,14 +26,15 @@ def simulated(chain_url):
     _SEED += 1
     with connect(chain_url) as chain:
         sim = simulate(chain, funder=chain.accounts[-1],
-                       config=SimConfig(n_accounts=40, seed=_SEED, days=2), progress=False)
+                       config=SimConfig(n_accounts=30, seed=_SEED, days=1.5), progress=False)
         yield chain, sim
 
 
 _SEED = 9_000 + __import__("os").getpid() % 1000 * 10
 
 
-def test_simulation_lands_and_chain_features_equal_ledger_features(simulated):
+def test_simulation_lands_and_chain_features_equal_ledger_features(simulated, tmp_path):
+    """One simulation per backend (they are slow on eth-tester), several properties of it."""
     chain, sim = simulated
     plan = make_plan(sim.config)
     assert len(sim.ledger) == plan.n_txs
@@ -51,13 +52,10 @@ def test_simulation_lands_and_chain_features_equal_ledger_features(simulated):
     # block timestamps are the planned ones
     offsets = sorted({t.timestamp - sim.start_time for t in sim.ledger})
     assert offsets == [b.offset for b in plan.blocks]
-    # the same seed again on this chain is refused
-    with pytest.raises(ChainError, match="already sent transactions"):
-        simulate(chain, config=sim.config, progress=False)
-
-
-def test_save_and_load_round_trip(simulated, tmp_path):
-    _, sim = simulated
+    # the ledger alone gives the features, no chain needed
+    assert isinstance(sim.ledger_features(), FeatureResult)
+    assert sim.ledger_features().state.next_block == sim.to_block + 1
+    # saved beside the chain data and loaded back
     loaded = Simulation.load(sim.save(tmp_path / "sim"))
     assert loaded.labels == sim.labels and loaded.typology == sim.typology
     assert loaded.ledger == sim.ledger and loaded.config == sim.config
@@ -65,6 +63,9 @@ def test_save_and_load_round_trip(simulated, tmp_path):
     assert (tmp_path / "sim" / "labels.csv").read_text().startswith("address,label,true_label,typology")
     with pytest.raises(DataError, match="not a saved simulation"):
         Simulation.load(tmp_path / "nothing")
+    # the same seed again on this chain is refused
+    with pytest.raises(ChainError, match="already sent transactions"):
+        simulate(chain, config=sim.config, progress=False)
 
 
 def test_funder_without_enough_ether_is_refused():
@@ -96,9 +97,3 @@ def test_fast_signer_matches_eth_account():
     create = {k: v for k, v in tx.items() if k != "to"} | {"data": b"\x60\x00", "gas": 80000}
     assert sign_dynamic_fee_tx(key, 31337, 9, 10**9, 4 * 10**9, 80000, None, 12345, b"\x60\x00") == \
         bytes(Account.from_key(key).sign_transaction(create).raw_transaction)
-
-
-def test_ledger_features_need_no_chain(simulated):
-    _, sim = simulated
-    assert isinstance(sim.ledger_features(), FeatureResult)
-    assert sim.ledger_features().state.next_block == sim.to_block + 1

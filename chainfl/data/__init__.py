@@ -10,10 +10,11 @@ from chainfl.data.scaling import FeatureStats, Scaler, signed_log1p
 
 __all__ = ["Dataset", "load_eth_fraud", "load_csv", "partition", "summary", "format_summary",
            "SCHEMES", "Scaler", "FeatureStats", "signed_log1p",
-           "extract_features", "FeatureResult", "FeatureState", "simulate", "Simulation"]
+           "extract_features", "FeatureResult", "FeatureState", "simulate", "Simulation", "SimConfig",
+           "make_plan"]
 
 _LAZY = {"extract_features": "features", "FeatureResult": "features", "FeatureState": "features",
-         "simulate": "simulator", "Simulation": "simulator"}
+         "simulate": "simulator", "Simulation": "simulator", "SimConfig": "simplan", "make_plan": "simplan"}
 
 
 def __getattr__(name):

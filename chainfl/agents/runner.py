@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import sys
@@ -78,6 +79,9 @@ class RunConfig:
     rpc: str | None = None           # training chain (None: embedded eth-tester:// under CHAINFL_HOME)
     store: str | None = None         # store (None: file:// under CHAINFL_HOME)
     registry: str | None = None      # registry address (None: recorded deployment, else deploy)
+    data_rpc: str | None = None      # chain to simulate the training data on (None: the training chain)
+    eval_rpc: str | None = None      # a FRESH chain for the evaluation simulation (None: embedded in run dir)
+    reuse_data: str | None = None    # a previous run directory: reuse its simulations (no new transactions)
     round_seconds: int = 600         # federated deadline after a round opens
 
     def __post_init__(self):
@@ -161,23 +165,50 @@ def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.nda
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
+def _reused(cfg: RunConfig, run_dir: Path) -> _Data:
+    """Training and evaluation data from a previous run's saved simulations: features are computed
+    from each simulation's ledger, which equals extraction from its chain (tested in data/)."""
+    from chainfl.data.simulator import Simulation
+
+    src = Path(cfg.reuse_data)
+    sim, eval_sim = Simulation.load(src / "train-simulation"), Simulation.load(src / "eval")
+    features = sim.ledger_features()
+    ds, eval_ds = sim.dataset(features), eval_sim.dataset()
+    sim.save(run_dir / "train-simulation")
+    eval_sim.save(run_dir / "eval")
+    previous = json.loads((src / "metrics.json").read_text()).get("data", {}) if (src / "metrics.json").exists() else {}
+    info = {"source": "simulation", "reused_from": str(src), "train_accounts": len(ds.y),
+            "train_txs": len(sim.ledger), "train_positive_rate": float(ds.y.mean()),
+            "eval_chain": previous.get("eval_chain"), "eval_accounts": len(eval_ds.y), "eval_txs": len(eval_sim.ledger),
+            "eval_positive_rate": float(eval_ds.y.mean()), "eval_labels": str(run_dir / "eval" / "labels.csv")}
+    return _Data(ds.X, ds.y, tuple(ds.feature_names), features.first_seen(list(ds.ids)), eval_ds.X, eval_ds.y,
+                 "new chain", info)
+
+
 def _load_data(cfg: RunConfig, train_chain, run_dir: Path, progress: bool) -> _Data:
+    if cfg.dataset == "simulate" and cfg.reuse_data:
+        return _reused(cfg, run_dir)
     if cfg.dataset == "simulate":
-        t = time.monotonic()
-        sim, features, ds = _simulated(train_chain, cfg.accounts, cfg.seed, progress)
-        t_train = time.monotonic() - t
-        sim.save(run_dir / "train-simulation")
-        # the new blockchain: another seed, a fresh embedded chain kept in the run directory
         from chainfl.chain import connect
 
         t = time.monotonic()
-        eval_url = (run_dir / "eval-chain").as_uri().replace("file://", "eth-tester://")
+        if cfg.data_rpc:
+            with connect(cfg.data_rpc) as data_chain:
+                sim, features, ds = _simulated(data_chain, cfg.accounts, cfg.seed, progress)
+        else:
+            sim, features, ds = _simulated(train_chain, cfg.accounts, cfg.seed, progress)
+        t_train = time.monotonic() - t
+        sim.save(run_dir / "train-simulation")
+        # the new blockchain: another seed on a fresh chain (by default embedded, in the run directory)
+        t = time.monotonic()
+        eval_url = cfg.eval_rpc or (run_dir / "eval-chain").as_uri().replace("file://", "eth-tester://")
         with connect(eval_url) as eval_chain:
             eval_sim, _, eval_ds = _simulated(eval_chain, cfg.eval_accounts, cfg.seed + 7919, progress)
             eval_sim.save(run_dir / "eval")
             eval_blocks = (eval_sim.from_block, eval_sim.to_block)
         t_eval = time.monotonic() - t
-        info = {"source": "simulation", "train_accounts": len(ds.y), "train_txs": len(sim.ledger),
+        info = {"source": "simulation", "data_chain": cfg.data_rpc or train_chain.url,
+                "train_accounts": len(ds.y), "train_txs": len(sim.ledger),
                 "train_positive_rate": float(ds.y.mean()), "eval_chain": eval_url,
                 "eval_blocks": list(eval_blocks), "eval_accounts": len(eval_ds.y),
                 "eval_txs": len(eval_sim.ledger), "eval_positive_rate": float(eval_ds.y.mean()),

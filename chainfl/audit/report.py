@@ -73,7 +73,10 @@ def render_terminal(report: AuditReport, console=None) -> None:
                                                                           "skipped"]
         cols.append("violations")
         for col in cols:
-            t.add_column(col, justify="right" if col != "node" else "left")
+            if col == "node":
+                t.add_column(col, no_wrap=True, min_width=42)
+            else:
+                t.add_column(col, justify="right")
         for n in report.nodes.values():
             row = [n.address, str(n.contributions), str(n.samples), _loss(n.mean_loss)]
             row += ([str(n.included), str(n.flags)] if report.mode == "federated"

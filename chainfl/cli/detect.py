@@ -71,8 +71,11 @@ def _print(result: dict, out: str | None) -> None:
                   f"{result['flagged']} flagged "
                   f"({result['seconds']['extract']:.2f} s features, {result['seconds']['score']:.2f} s scoring)")
     t = Table(title="Highest scores")
-    for col in ("rank", "address", "score", "label", "top features"):
-        t.add_column(col)
+    t.add_column("rank", justify="right")
+    t.add_column("address", no_wrap=True, min_width=42)
+    t.add_column("score", justify="right")
+    t.add_column("label", justify="right")
+    t.add_column("top features")
     for row in result["ranked"][:15]:
         t.add_row(str(row["rank"]), row["address"], f"{row['score']:.4f}", str(row["label"]),
                   ", ".join(f"{f['feature']} ({f['attribution']:+.2f})" for f in row["top_features"]))

@@ -106,3 +106,29 @@ def test_detect_refuses_a_model_that_fails_verification(setup, tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert "fails its audit" in result.stderr and rec.cids[-1] in result.stderr
+
+
+@pytest.mark.slow
+def test_detect_equals_the_evaluation_in_chainfl_run(anvil_url, tmp_path):
+    """`chainfl run` evaluates its release on a new simulated chain; `chainfl detect` on that chain
+    with its labels reports the same precision/recall/F1 — and the run's audit verified."""
+    store = (tmp_path / "store").as_uri()
+    env = {"CHAINFL_HOME": str(tmp_path / "home")}
+    run = CliRunner(env=env).invoke(main, [
+        "run", "--mode", "federated", "--nodes", "3", "--rounds", "2", "--strategy", "screened-fedavg",
+        "--accounts", "60", "--eval-accounts", "40", "--epochs", "2", "--seed", "41", "--rpc", anvil_url,
+        "--store", store, "--quiet", "--json"])
+    assert run.exit_code == 0, run.output
+    ran = json.loads(run.stdout)
+    assert ran["audit"]["ok"] is True and ran["audit"]["counts"]["aggregates_recomputed"] == 2
+    first, last = ran["data"]["eval_blocks"]
+    result = CliRunner(env=env).invoke(main, [
+        "detect", "--task", str(ran["task_id"]), "--registry-rpc", anvil_url, "--registry", ran["registry"],
+        "--rpc", ran["data"]["eval_chain"], "--store", store, "--from-block", str(first), "--to-block", str(last),
+        "--labels", ran["data"]["eval_labels"], "--json"])
+    assert result.exit_code == 0, result.output
+    detected = json.loads(result.stdout)
+    assert detected["release"]["cid"] == ran["release"]["cid"]
+    assert detected["release"]["source"] == "release"
+    for key in ("precision", "recall", "f1", "roc_auc", "pr_auc", "confusion", "threshold"):
+        assert detected["metrics"][key] == ran["test"][key], key

@@ -247,3 +247,23 @@ def test_handoff_out_of_order_on_eth_tester_is_named(tmp_path):
     assert [v.kind for v in report.violations] == ["handoff-order"], [str(v) for v in report.violations]
     (v,) = report.violations
     assert v.seq == 3 and v.node == rec.nodes[0].address and v.cid == cid
+
+
+def test_missing_blob_is_named_on_every_store_backend(store_url):
+    """A handoff recorded with the CID of bytes never put into the store (embedded or IPFS daemon):
+    the audit waits at most ``timeout`` and names it."""
+    from chainfl.storage import compute_cid
+
+    store = open_store(store_url)
+    with connect("eth-tester://memory") as chain:
+        rec = record_chained(chain, store, n_nodes=2, rounds=1, close=False)
+        state, _ = decode(store, rec.cids[-1])
+        blob = encode_model({k: v + 0.25 for k, v in state.items()}, {"kind": "never stored"})
+        cid = compute_cid(blob)
+        rec.registry.record_handoff(rec.task_id, rec.digests[-1], digest(blob), cid, 7, 0.2, rec.nodes[1],
+                                    rec.nodes[0])
+        honest_part_ok = all(store.has(c) for c in rec.cids)
+        report = audit_task(chain, rec.registry, store, rec.task_id, timeout=3.0)
+    assert honest_part_ok
+    (v,) = report.violations
+    assert v.kind == "blob-missing" and v.cid == cid and v.seq == 3 and v.node == rec.nodes[0].address

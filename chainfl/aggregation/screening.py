@@ -9,7 +9,10 @@ For updates ``u_i`` (flat model vectors) and the round's global model ``referenc
 Each score becomes a robust z-score ``(x - median) / (1.4826 * MAD)`` over the round. An update is
 flagged when its norm or distance z-score exceeds ``z_max`` **and** the value is at least
 ``min_ratio`` times the round's median (so a round of near-identical honest updates, where the MAD
-is tiny, does not flag the slightly-different ones), or when its cosine is below ``min_cosine``.
+is tiny, does not flag the slightly-different ones), or when its cosine is below ``min_cosine``
+**and** its norm is at least ``min_ratio`` times the median norm. (Under label skew honest nodes
+holding one class routinely point away from the centre - measured: a cosine-only rule flagged 28 %
+of honest updates on the real data - but they do not also move the model unusually far.)
 Pure and deterministic: same updates in any order -> same flags (reported in the caller's order).
 """
 
@@ -32,8 +35,9 @@ class ScreenConfig:
 
     z_max: float = 3.5          # robust z-score above which norm/distance is suspicious
     min_ratio: float = 1.5      # ... and only if it is this many times the round's median
-    min_cosine: float = -0.2    # cosine to the centre's direction below this is flagged
+    min_cosine: float = -0.2    # cosine to the centre's direction below this (with a large norm)
     min_updates: int = 4        # fewer updates than this: no statistics, nothing flagged
+    size_exponent: float = 0.0  # norms are compared as norm / n_samples**size_exponent (0 = raw)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,8 +67,14 @@ def robust_z(x: np.ndarray) -> np.ndarray:
 
 
 def screen(updates: Sequence[np.ndarray], reference: np.ndarray | None = None,
-           config: ScreenConfig = ScreenConfig(), keys: Sequence | None = None) -> ScreenResult:
-    """Score every update and flag the outliers (see the module docstring)."""
+           config: ScreenConfig = ScreenConfig(), keys: Sequence | None = None,
+           n_samples: Sequence[int] | None = None) -> ScreenResult:
+    """Score every update and flag the outliers (see the module docstring).
+
+    ``n_samples`` (claimed training rows per update) is used only when
+    ``config.size_exponent`` > 0: nodes that trained on more rows take more optimiser steps and
+    legitimately move further, so norms are compared per ``n_samples ** size_exponent``.
+    """
     n = len(updates)
     order = canonical_order(updates, keys)
     U = _stack([updates[i] for i in order]).astype(np.float64)        # [n, p] canonical order
@@ -74,6 +84,11 @@ def screen(updates: Sequence[np.ndarray], reference: np.ndarray | None = None,
         raise LearningError(f"reference has {ref.size} values, updates have {centre.size}")
     deltas = U - ref
     norm = np.sqrt(np.einsum("ij,ij->i", deltas, deltas))
+    if config.size_exponent and n_samples is not None:
+        if len(n_samples) != n:
+            raise LearningError(f"{len(n_samples)} sample counts for {n} updates")
+        sizes = np.array([max(float(n_samples[i]), 1.0) for i in order])
+        norm = norm / sizes ** config.size_exponent
     diff = U - centre
     dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
     cdir = centre - ref
@@ -92,7 +107,7 @@ def screen(updates: Sequence[np.ndarray], reference: np.ndarray | None = None,
                 reasons_c[i].append(f"norm {norm[i]:.4g} is {norm[i] / max(med_n, 1e-300):.1f}x the median")
             if zd[i] > config.z_max and dist[i] >= config.min_ratio * med_d:
                 reasons_c[i].append(f"distance to centre {dist[i]:.4g} (z={zd[i]:.1f})")
-            if cos[i] < config.min_cosine:
+            if cos[i] < config.min_cosine and norm[i] >= config.min_ratio * med_n:
                 reasons_c[i].append(f"cosine to the centre's direction {cos[i]:.2f}")
             flagged_c[i] = bool(reasons_c[i])
 

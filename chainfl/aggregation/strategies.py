@@ -113,7 +113,7 @@ class Strategy:
         flagged_mask = [False] * len(updates)
         scores: dict[str, dict] = {}
         if self.screening is not None:
-            res = screen(vecs, reference, self.screening, keys)
+            res = screen(vecs, reference, self.screening, keys, [u.n_samples for u in updates])
             flagged_mask = res.flagged
             scores = {n: s for n, s in zip(nodes, res.scores)}
         keep = [i for i, f in enumerate(flagged_mask) if not f]

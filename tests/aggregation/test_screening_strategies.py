@@ -163,3 +163,30 @@ def test_server_momentum_is_heavy_ball_equal_to_fedavgm():
         np.testing.assert_allclose(out, w, rtol=1e-5, atol=1e-6)
         w_prev, w32 = w32, out
         v = (w32.astype(np.float64) - w_prev) / 0.5     # re-sync on the float32 trajectory
+
+
+def test_opposite_direction_alone_is_not_flagged():
+    # under label skew an honest node holding only one class may move against the centre; with
+    # an ordinary step size that is not evidence of an attack
+    rng = np.random.default_rng(1)
+    ref = np.zeros(50, np.float32)
+    common = rng.normal(0, 0.1, 50)
+    ups = [(common + rng.normal(0, 0.1, 50)).astype(np.float32) for _ in range(20)]   # heterogeneous
+    ups[4] = (-0.3 * ups[4]).astype(np.float32)               # small step against the centre
+    res = screen(ups, ref)
+    assert res.scores[4]["cosine"] < -0.2 and not res.flagged[4]
+    ups[4] = (-10 * ups[4]).astype(np.float32)                # a large step against it: flagged
+    assert screen(ups, ref).flagged[4]
+
+
+def test_size_exponent_compares_norms_per_sample_count():
+    ref, ups = honest_round()
+    # node 0 trained on 16x the rows and moved 4x as far: an outlier by raw norm only
+    ups[0] = (ref + 4.0 * (ups[0] - ref)).astype(np.float32)
+    sizes = [1600] + [100] * (len(ups) - 1)
+    raw = screen(ups, ref, ScreenConfig(), n_samples=sizes).scores[0]["reasons"]
+    per_size = screen(ups, ref, ScreenConfig(size_exponent=0.5), n_samples=sizes).scores[0]["reasons"]
+    assert any(r.startswith("norm") for r in raw)
+    assert not any(r.startswith("norm") for r in per_size)      # (its distance may still stand out)
+    with pytest.raises(LearningError, match="sample counts"):
+        screen(ups, ref, ScreenConfig(size_exponent=0.5), n_samples=[1])

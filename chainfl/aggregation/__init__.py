@@ -1,1 +1,7 @@
-"""aggregation subsystem (see ARCHITECTURE.md)."""
+"""aggregation subsystem (see ARCHITECTURE.md): pure numpy, deterministic, order-independent.
+
+* ``rules``       fedavg, mean, median, trimmed_mean, krum, multi_krum, clip_norm; RULES registry
+* ``screening``   screen(updates, reference) -> ScreenResult (robust z-scores of norm/distance/cosine)
+* ``strategies``  Strategy (policy, JSON spec), Update, AggregateResult, STRATEGIES, get_strategy
+* ``attacks``     AttackConfig, choose_malicious, label_flip, boosted, sign_flip, gaussian_noise, free_rider
+"""

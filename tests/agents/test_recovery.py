@@ -121,3 +121,40 @@ def test_a_blob_that_does_not_match_its_digest_is_rejected_on_chain_and_never_lo
     assert rejected[0]["digest"] == a.digest and "verification" in rejected[0]["reason"]
     handoff = world.events(task_id, "HandoffRecorded")[-1]
     assert handoff["node"] == world.accounts[1].address and handoff["parent"] == initial
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_coordinator_skips_an_unresponsive_node_and_finishes_without_it(world):
+    clock = FakeClock()
+    coordinator = world.coordinator(turn_timeout=30, report_timeout=30, clock=clock)
+    task_id = coordinator.create_task(world.spec("chained", rounds=1))
+    present = [world.agent(i, task_id) for i in (1, 2)]        # node 0 is offline all along
+
+    assert coordinator.step() == "waiting"
+    clock.now += 31
+    assert coordinator.step() == "skipped"
+    skipped = world.events(task_id, "TurnSkipped")
+    assert [(s["skipped"], s["next"]) for s in skipped] == [(world.accounts[0].address, world.accounts[1].address)]
+    for _ in range(3):                                       # nodes 1, 2 train; node 0's turn again
+        for a in present:
+            a.step()
+    # nodes 1 and 2 made 2 handoffs; node 0 (offline) is expected again: skipped again after the timeout
+    assert [h["node"] for h in world.events(task_id, "HandoffRecorded")] == [a.address for a in world.accounts[1:]]
+    for _ in range(20):
+        if coordinator.step() == "done":
+            break
+        clock.now += 31
+        for a in present:
+            a.step()
+    task = world.registry.task(task_id)
+    assert task.closed and task.seq == 3
+    handoffs = world.events(task_id, "HandoffRecorded")
+    assert world.accounts[0].address not in {h["node"] for h in handoffs}
+    assert coordinator.reported_nodes == 2                  # the offline node sent no histogram

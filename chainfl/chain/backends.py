@@ -28,7 +28,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from chainfl import config
-from chainfl.chain.accounts import derive_account, dev_accounts
+from chainfl.chain.accounts import derive_account, dev_accounts, sign_transaction
 from chainfl.chain.nonce import NonceBook
 from chainfl.config import NodeSettings
 from chainfl.errors import ConfigError, TransactionError, TransactionReverted
@@ -179,9 +179,9 @@ class Chain:
         with manager.lock:  # sends of one account leave in nonce order
             for attempt in range(3):
                 tx["nonce"] = manager.next()
-                signed = sender.sign_transaction(tx)
+                raw = sign_transaction(sender, tx)
                 try:
-                    return bytes(self._send_raw(signed.raw_transaction))
+                    return bytes(self._send_raw(raw))
                 except Exception as e:
                     manager.resync()
                     if "nonce" in str(e).lower() and attempt < 2:
@@ -195,8 +195,15 @@ class Chain:
         return self.w3.eth.send_raw_transaction(raw)
 
     def wait_for_receipt(self, tx_hash, timeout: float | None = None):
-        return self.w3.eth.wait_for_transaction_receipt(
-            tx_hash, timeout=timeout or self.receipt_timeout, poll_latency=0.05)
+        """The receipt of ``tx_hash`` once mined; :class:`TransactionError` after ``timeout`` s."""
+        from web3.exceptions import TimeExhausted
+
+        limit = timeout or self.receipt_timeout
+        try:
+            return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=limit, poll_latency=0.05)
+        except TimeExhausted as e:
+            raise TransactionError(f"transaction {bytes(tx_hash).hex()} not mined after {limit:.0f} s "
+                                   f"(automine off? call mine_block())") from e
 
     def _check(self, receipt, tx: dict, sender: LocalAccount):
         if receipt["status"] == 1:
@@ -219,11 +226,15 @@ class Chain:
                   wait: bool = True, check: bool = True, chunk: int = 500) -> list:
         """Sign and send many transactions without waiting for each receipt, then wait for all.
 
-        Each item is a transaction dict (``to``, ``value``, ``data``, ``gas``; ``gas`` defaults to
-        21,000 for plain transfers, otherwise it is estimated) and may carry its own signer under
-        ``"sender"`` (a LocalAccount); ``sender`` is the default signer. Nonces are reserved per
-        account up front, in list order, so items of one sender execute in list order.
+        Each item is a transaction dict (``to``, ``value``, ``data``, ``gas``, optional fee fields;
+        ``gas`` defaults to 21,000 for plain transfers, otherwise it is estimated) and may carry its
+        own signer under ``"sender"`` (a LocalAccount); ``sender`` is the default signer. Nonces are
+        reserved per account up front, in list order, so items of one sender execute in list order.
         Transactions go to the node in JSON-RPC batches of ``chunk`` (one request per chunk).
+
+        Blocks: with automine on, the batch is mined explicitly in blocks of up to ``chunk``
+        transactions (and 90 % of the block gas limit), automine is restored afterwards. With
+        automine off nothing is mined: the caller decides the blocks (:meth:`mine_block`).
 
         Returns the receipts in input order (``wait=True``) or the transaction hashes
         (``wait=False``; collect later with :meth:`wait_for_receipts`). With ``check=True`` a
@@ -244,7 +255,10 @@ class Chain:
             if "gas" not in tx:
                 tx["gas"] = 21_000 if not tx.get("data") else self._estimate(tx, signer)
             items.append((tx, signer))
-        hashes = self._send_batch(items, chunk)
+        if self._automine and len(items) > 1:
+            hashes = self._send_in_blocks(items, chunk)
+        else:
+            hashes = self._send_batch(items, chunk)
         if not wait:
             return hashes
         receipts = self.wait_for_receipts(hashes)
@@ -258,6 +272,29 @@ class Chain:
                                                   receipt=receipt) from None
         return receipts
 
+    def _send_in_blocks(self, items, chunk: int) -> list[bytes]:
+        """With automine on, mine the batch explicitly: blocks of at most ``chunk`` transactions and
+        90 % of the block gas limit. (Anvil's automine leaves part of a large burst in its pool and
+        can stall; eth-tester mining one block per transaction is slow.)"""
+        gas_cap = int(self.w3.eth.get_block("latest")["gasLimit"]) * 9 // 10
+        groups, group, gas = [], [], 0
+        for item in items:
+            if group and (len(group) >= chunk or gas + int(item[0]["gas"]) > gas_cap):
+                groups.append(group)
+                group, gas = [], 0
+            group.append(item)
+            gas += int(item[0]["gas"])
+        groups.append(group)
+        hashes: list[bytes] = []
+        self.automine(False)
+        try:
+            for group in groups:
+                hashes += self._send_batch(group, chunk)
+                self.mine_block()
+        finally:
+            self.automine(True)
+        return hashes
+
     def _sign_batch(self, items: list[tuple[dict, LocalAccount]]) -> list[bytes]:
         by_sender: dict[str, list[int]] = {}
         for idx, (_, signer) in enumerate(items):
@@ -265,7 +302,7 @@ class Chain:
         for address, idxs in by_sender.items():
             for nonce, idx in zip(self._nonces[address].reserve(len(idxs)), idxs):
                 items[idx][0]["nonce"] = nonce
-        return [bytes(signer.sign_transaction(tx).raw_transaction) for tx, signer in items]
+        return [sign_transaction(signer, tx) for tx, signer in items]
 
     def _send_batch(self, items, chunk: int) -> list[bytes]:
         raws = self._sign_batch(items)

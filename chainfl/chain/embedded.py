@@ -148,6 +148,8 @@ def _backend_class():
             self.account_keys = tuple(account_keys)
             self._on_mined = on_mined
             self.time_offset = 0
+            self.queue: list = []  # transactions sent while automine is off, not yet mined
+            self._blocks: dict[int, tuple] = {}  # block number -> (block, receipts)
 
         def mine_blocks(self, num_blocks=1, coinbase=b"\x00" * 20):
             hashes = super().mine_blocks(num_blocks, coinbase)
@@ -166,6 +168,33 @@ def _backend_class():
             self.refresh_pending_timestamp()
             return super().send_raw_transaction(raw_transaction)
 
+        def queue_raw(self, raw_transaction: bytes) -> bytes:
+            """Automine off: decode and queue a signed transaction for the next mined block."""
+            tx = self.chain.get_vm().get_transaction_builder().decode(raw_transaction)
+            self.queue.append(tx)
+            return tx.hash
+
+        def mine_queue(self, timestamp: int | None = None) -> None:
+            """Mine one block holding the queued transactions (one trie build, not one per tx)."""
+            from eth_utils.exceptions import ValidationError as EVMValidationError
+
+            if timestamp is not None:
+                self.chain.header = self.chain.header.copy(timestamp=int(timestamp))
+            else:
+                self.refresh_pending_timestamp()
+            txs, self.queue = tuple(self.queue), []
+            try:
+                self.chain.mine_all(txs, mix_hash=os.urandom(32))
+            except EVMValidationError:
+                # Some transaction is invalid (nonce, balance): apply the valid ones, drop the rest.
+                for tx in txs:
+                    try:
+                        self.chain.apply_transaction(tx)
+                    except EVMValidationError as e:
+                        log.warning("dropped invalid transaction %s: %s", encode_hex(tx.hash), e)
+                super().mine_blocks(1)
+            self._on_mined()
+
         def _locate(self, transaction_hash):
             head = self.chain.get_block()
             for index, tx in enumerate(head.transactions):
@@ -176,8 +205,19 @@ def _backend_class():
             except Exception as e:
                 raise TransactionNotFound(
                     f"No transaction found for transaction hash: {encode_hex(transaction_hash)}") from e
-            block = self.chain.get_canonical_block_by_number(block_number)
+            block = self._mined_block(block_number)
             return block, block.transactions[index], index
+
+        def _mined_block(self, number: int):
+            """Mined blocks never change here (no reorgs): keep the last few decoded."""
+            cached = self._blocks.get(number)
+            if cached is None:
+                block = self.chain.get_canonical_block_by_number(number)
+                cached = (block, block.get_receipts(self.chain.chaindb))
+                if len(self._blocks) >= 16:
+                    self._blocks.pop(next(iter(self._blocks)))
+                self._blocks[number] = cached
+            return cached[0]
 
         def get_transaction_by_hash(self, transaction_hash):
             block, tx, index = self._locate(transaction_hash)
@@ -187,8 +227,11 @@ def _backend_class():
         def get_transaction_receipt(self, transaction_hash):
             block, tx, index = self._locate(transaction_hash)
             is_pending = block.number == self.chain.get_block().number
+            if is_pending:  # like a node: no receipt before the block is mined
+                raise TransactionNotFound(
+                    f"Transaction {encode_hex(transaction_hash)} is pending (not mined yet)")
             return serialize_transaction_receipt(
-                block, block.get_receipts(self.chain.chaindb), tx, index, is_pending, self.chain.get_vm())
+                block, self._blocks[block.number][1], tx, index, is_pending, self.chain.get_vm())
 
         def revert_data(self, transaction: dict, block_number="latest") -> bytes:
             """Run ``transaction`` (canonical eth-tester dict) without committing; return revert bytes."""
@@ -225,6 +268,7 @@ class EmbeddedEVM:
 
         self.directory = directory
         self.lock = threading.RLock()
+        self.automine = True  # False: transactions wait in the pending block until mine_block()
         self._lock_fd: int | None = None
         self._kv: SqliteKV | None = None
         if directory is not None:
@@ -321,7 +365,24 @@ def _locked_provider(evm: EmbeddedEVM):
 
         def make_request(self, method, params):
             with evm.lock:
+                if method == "eth_sendRawTransaction" and not evm.automine:
+                    return self._add_to_pending_block(params)
                 return super().make_request(method, params)
+
+        def _add_to_pending_block(self, params):
+            # eth-tester's own "no automine" mode validates each transaction against the last
+            # mined state, so a sender's second pending transaction fails its nonce check; and
+            # py-evm's apply_transaction rebuilds the block's tries per transaction (quadratic).
+            # So queue them like a node's pool and mine them together in mine_block().
+            from eth_utils import to_bytes
+
+            request_id = self._current_request_id
+            self._current_request_id += 1
+            try:
+                tx_hash = evm.backend.queue_raw(to_bytes(hexstr=params[0]))
+            except Exception as e:  # invalid nonce, balance, gas: report like a node would
+                return {"id": request_id, "jsonrpc": "2.0", "error": {"code": -32000, "message": str(e)}}
+            return {"id": request_id, "jsonrpc": "2.0", "result": "0x" + bytes(tx_hash).hex()}
 
     return LockedEthereumTesterProvider(evm.tester)
 
@@ -368,11 +429,10 @@ class EthTesterChain(Chain):
 
     def automine(self, enabled: bool) -> None:
         with self.evm.lock:
-            if enabled:
-                self.evm.tester.enable_auto_mine_transactions()
-            else:
-                self.evm.tester.disable_auto_mine_transactions()
+            self.evm.automine = bool(enabled)
             self._automine = bool(enabled)
+            if enabled and self.evm.backend.queue:
+                self.mine_block()
 
     def mine_block(self, timestamp: int | None = None) -> int:
         with self.evm.lock:
@@ -382,14 +442,17 @@ class EthTesterChain(Chain):
                 if timestamp <= latest:
                     raise ConfigError(f"mine_block: timestamp {timestamp} must be after the latest "
                                       f"block's {latest}")
-                backend.chain.header = backend.chain.header.copy(timestamp=int(timestamp))
                 backend.time_offset = max(backend.time_offset, int(timestamp) - int(time.time()))
-            elif not self.evm.tester.auto_mine_transactions and self.evm.tester._pending_transactions:
-                pass  # keep the pending header's timestamp
-            else:
-                backend.refresh_pending_timestamp()
-            self.evm.tester.mine_blocks(1)
+            if backend.queue or backend.chain.header.gas_used == 0:
+                backend.mine_queue(timestamp)
+            else:  # a block already holds applied transactions: keep their timestamp
+                self.evm.tester.mine_blocks(1)
             return int(self.evm.tester.get_block_by_number("latest")["number"])
+
+    def _send_in_blocks(self, items, chunk):
+        # Mined one block per transaction (automine): py-evm's cost per transaction grows with
+        # the size of its block, so big explicit blocks would not be faster here.
+        return self._send_batch(items, chunk)
 
     def advance_time(self, seconds: int) -> int:
         if seconds < 0:

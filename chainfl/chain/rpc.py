@@ -105,31 +105,54 @@ class RpcChain(Chain):
             self._nonces[address].resync()
 
     def wait_for_receipts(self, hashes, timeout=None, chunk: int = 500):
-        deadline = time.monotonic() + (timeout or self.receipt_timeout)
+        """Receipts of ``hashes`` in order, polled in JSON-RPC batches of ``chunk``."""
+        try:
+            from web3._utils.method_formatters import receipt_formatter
+            from web3.datastructures import AttributeDict
+
+            def fmt(raw, tx_hash):
+                return AttributeDict.recursive(receipt_formatter(raw))
+        except ImportError:  # pragma: no cover - private web3 helper moved: format one by one
+            def fmt(raw, tx_hash):
+                return self.w3.eth.get_transaction_receipt(tx_hash)
+
+        limit = timeout or self.receipt_timeout
+        deadline = time.monotonic() + limit
         receipts: dict[int, object] = {}
         pending = list(range(len(hashes)))
-        formatter = self.w3.eth.get_transaction_receipt  # formats one receipt like web3 does
         while pending:
             still = []
             for start in range(0, len(pending), chunk):
                 idxs = pending[start:start + chunk]
                 responses = self.w3.provider.make_batch_request(
                     [("eth_getTransactionReceipt", ["0x" + bytes(hashes[i]).hex()]) for i in idxs])
+                if isinstance(responses, dict):
+                    raise TransactionError(f"receipt batch failed on {self.url}: {responses.get('error')}")
                 for i, response in zip(idxs, sorted(responses, key=lambda r: int(r["id"]))):
                     if response.get("result") is None:
                         still.append(i)
                     else:
-                        receipts[i] = None
-            for i in [i for i in receipts if receipts[i] is None]:
-                receipts[i] = formatter(hashes[i])
-            pending = still
-            if pending:
-                if time.monotonic() > deadline:
-                    raise TransactionError(f"{len(pending)} of {len(hashes)} transactions not mined "
-                                           f"after {timeout or self.receipt_timeout:.0f} s "
-                                           f"(automine off? call mine_block())")
+                        receipts[i] = fmt(response["result"], hashes[i])
+            if still and still == pending and time.monotonic() > deadline:
+                raise TransactionError(f"{len(still)} of {len(hashes)} transactions not mined after "
+                                       f"{limit:.0f} s (automine off? call mine_block())")
+            if still:
+                if still == pending:
+                    self._nudge()
+                else:
+                    deadline = time.monotonic() + limit  # progress: restart the clock
                 time.sleep(0.05)
+            pending = still
         return [receipts[i] for i in range(len(hashes))]
+
+    def _nudge(self) -> None:
+        """Anvil in automine mode can leave part of a large burst in its pool until the next
+        transaction arrives; on a dev node with automine on, mine a block to flush it."""
+        if self._automine and getattr(self, "_can_nudge", True):
+            try:
+                self._rpc("evm_mine", [])
+            except ChainError:
+                self._can_nudge = False  # not a dev node: just keep waiting
 
     # -- dev-chain controls ------------------------------------------------------------------
     def automine(self, enabled: bool) -> None:

@@ -211,16 +211,34 @@ def test_automine_off_then_mine_block_at_a_timestamp(chain):
     target = chain.latest_timestamp() + 1000
     chain.automine(False)
     try:
-        hashes = [chain.send_ether(sender, chain.accounts[18].address, 1, wait=False) for _ in range(3)]
+        hashes = [chain.send_ether(sender, chain.accounts[18].address, i + 1, wait=False) for i in range(3)]
+        hashes += chain.send_many([{"to": chain.accounts[18].address, "value": 10 + i} for i in range(3)],
+                                  chain.accounts[21], wait=False)
         number = chain.mine_block(timestamp=target)
     finally:
         chain.automine(True)
     receipts = chain.wait_for_receipts(hashes)
 
+    assert len(set(hashes)) == 6
     assert {r["blockNumber"] for r in receipts} == {number}
+    assert len(chain.w3.eth.get_block(number)["transactions"]) == 6
     assert all(r["status"] == 1 for r in receipts)
     assert chain.w3.eth.get_block(number)["timestamp"] == target
     assert chain.latest_timestamp() >= target
+
+
+def test_transactions_wait_for_mine_block_while_automine_is_off(chain):
+    sender = chain.accounts[22]
+    before = chain.block_number()
+    chain.automine(False)
+    try:
+        tx_hash = chain.send_ether(sender, chain.accounts[0].address, 1, wait=False)
+        with pytest.raises(TransactionError, match="not mined"):
+            chain.wait_for_receipts([tx_hash], timeout=1)
+        assert chain.block_number() == before
+    finally:
+        chain.automine(True)  # mines what is pending
+    assert chain.wait_for_receipt(tx_hash)["status"] == 1
 
 
 def test_mine_block_refuses_a_timestamp_in_the_past(chain):
@@ -362,3 +380,36 @@ def test_reopening_with_other_dev_settings_is_refused(tmp_path):
     from dataclasses import replace
     with pytest.raises(ConfigError, match="different MNEMONIC"):
         connect("eth-tester://", home=tmp_path, settings=replace(settings, account_count=3))
+
+
+# -- accounts and signing (no chain needed) --------------------------------------------------------
+def test_fast_signing_gives_the_same_bytes_as_eth_account():
+    from chainfl.chain.accounts import derive_account, sign_transaction
+
+    account = derive_account(load_node_settings().mnemonic, 5)
+    base = {"gas": 90_000, "chainId": 1337, "maxFeePerGas": 10**11, "maxPriorityFeePerGas": 10**9}
+    txs = [dict(base, to=FIRST_DEV_ADDRESSES[0], value=7, nonce=0),
+           dict(base, to=FIRST_DEV_ADDRESSES[1], value=0, nonce=1, data=b"\x01\x02"),
+           dict(base, value=0, nonce=2, data="0x6001"),                       # contract creation
+           {"to": FIRST_DEV_ADDRESSES[0], "value": 1, "gas": 21_000, "gasPrice": 10**9,
+            "nonce": 3, "chainId": 1337}]                                     # legacy: slow path
+    for tx in txs:
+        assert sign_transaction(account, tx) == bytes(account.sign_transaction(tx).raw_transaction)
+
+
+def test_keystore_round_trip_and_wrong_password(tmp_path):
+    import json as _json
+
+    from eth_account import Account
+
+    from chainfl.chain.accounts import load_keystore
+
+    account = Account.create()
+    path = tmp_path / "key.json"
+    path.write_text(_json.dumps(Account.encrypt(account.key, "pw", iterations=2)))
+
+    assert load_keystore(path, "pw").address == account.address
+    with pytest.raises(ConfigError, match="wrong password"):
+        load_keystore(path, "nope")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_keystore(tmp_path / "missing.json", "pw")

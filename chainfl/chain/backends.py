@@ -383,8 +383,9 @@ def connect(url: str | None = None, home=None, settings: NodeSettings | None = N
     """Connect to the chain at ``url`` (default: ``config.default_rpc()``).
 
     ``eth-tester://`` — embedded py-evm persisted under ``<home>/chain`` (``home`` defaults to
-    ``config.home_dir()``), one process at a time; ``eth-tester://memory`` — embedded, in memory;
-    ``http(s)://host:port`` — a JSON-RPC node. ``settings`` default to ``ganache.env``.
+    ``config.home_dir()``; ``eth-tester:///abs/dir`` names the directory), one process at a time;
+    ``eth-tester://memory`` — embedded, in memory; ``http(s)://host:port`` — a JSON-RPC node.
+    ``settings`` default to ``ganache.env``.
     """
     from pathlib import Path
 
@@ -394,15 +395,15 @@ def connect(url: str | None = None, home=None, settings: NodeSettings | None = N
     if parsed.scheme == "eth-tester":
         from chainfl.chain.embedded import EthTesterChain
 
-        target = parsed.netloc or parsed.path.strip("/")
         if parsed.netloc == "memory":
             return EthTesterChain(url, settings, directory=None)
         if parsed.netloc:
             raise ConfigError(f"unknown embedded chain {url!r}; use eth-tester:// (persisted under "
                               f"CHAINFL_HOME/chain), eth-tester://memory, or eth-tester:///abs/dir")
-        directory = Path(parsed.path) if parsed.path not in ("", "/") else \
-            Path(home or config.home_dir()) / "chain"
-        del target
+        if parsed.path not in ("", "/"):  # eth-tester:///abs/dir: an explicit directory
+            directory = Path(parsed.path)
+        else:
+            directory = Path(home or config.home_dir()) / "chain"
         return EthTesterChain(url, settings, directory=directory)
     if parsed.scheme in ("http", "https"):
         from chainfl.chain.rpc import RpcChain

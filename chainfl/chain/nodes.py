@@ -68,6 +68,14 @@ def node_command(kind: str, settings: NodeSettings, port: int) -> list[str]:
     raise ConfigError(f"unknown node kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def _tail(path: Path | None, lines: int = 20) -> str:
     if path is None or not path.exists():
         return "(no log)"
@@ -106,7 +114,12 @@ def _kill_group(pid: int, timeout: float = 10.0) -> None:
 
 
 class LocalNode:
-    """A Ganache or Anvil process started from ``settings`` (``ganache.env``)."""
+    """A Ganache or Anvil process started from ``settings`` (``ganache.env``).
+
+    ``port`` None takes ganache.env's port for the kind (CHAIN_PORT / ANVIL_PORT); ``port=0`` picks
+    a free port (parallel test sessions). ``log_dir`` holds ``<kind>.log`` and ``<kind>.pid``
+    (a fresh temporary directory when None, and no pid file is written there).
+    """
 
     def __init__(self, kind: str, settings: NodeSettings, port: int | None = None,
                  log_dir: str | Path | None = None):
@@ -114,6 +127,8 @@ class LocalNode:
             raise ConfigError(f"unknown node kind {kind!r}; choose one of {', '.join(KINDS)}")
         self.kind = kind
         self.settings = settings
+        if port == 0:  # any free port
+            port = _free_port(settings.host)
         self.port = int(port) if port else (settings.anvil_port if kind == "anvil" else settings.port)
         self.log_dir = Path(log_dir) if log_dir else None
         self.process: subprocess.Popen | None = None
@@ -155,7 +170,7 @@ class LocalNode:
         except BaseException:
             self.stop()
             raise
-        if self.pid_file is not None:
+        if self.pid_file is not None:  # written atomically (rename)
             tmp = self.pid_file.with_suffix(".pid.tmp")
             tmp.write_text(json.dumps({"pid": self.process.pid, "kind": self.kind, "url": self.url,
                                        "log": str(self.log_path), "started": int(time.time())}))

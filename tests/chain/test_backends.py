@@ -413,3 +413,12 @@ def test_keystore_round_trip_and_wrong_password(tmp_path):
         load_keystore(path, "nope")
     with pytest.raises(ConfigError, match="does not exist"):
         load_keystore(tmp_path / "missing.json", "pw")
+
+
+def test_an_explicit_embedded_directory(tmp_path):
+    url = f"eth-tester://{tmp_path / 'somewhere'}"
+    with connect(url) as chain:
+        chain.send_ether(chain.accounts[0], chain.accounts[1].address, 1)
+    assert (tmp_path / "somewhere" / "chain.sqlite").exists()
+    with connect(url) as chain:
+        assert chain.block_number() == 1

@@ -88,3 +88,10 @@ def test_commands_follow_ganache_env(settings):
     assert ganache[ganache.index("--chain.hardfork") + 1] == "shanghai"
     assert "--block-time" not in node_command("anvil", replace(tuned, block_time=0), 9999)
     assert os.path.basename(anvil[0]) == "anvil"
+
+
+def test_port_zero_picks_a_free_port(settings):
+    with LocalNode("anvil", settings, port=0) as node:
+        assert node.port not in (0, settings.anvil_port)
+        assert int(rpc_request(node.url, "eth_chainId"), 16) == settings.chain_id
+        assert node.pid_file is None and node.log_path.exists()

@@ -109,28 +109,37 @@ def metrics_plot_png(report: AuditReport) -> bytes | None:
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(7.5, 3.2), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     rounds = [r["round"] for r in report.rounds]
     losses = [r["mean_loss"] if r["mean_loss"] is not None else float("nan") for r in report.rounds]
     ax.plot(rounds, losses, marker="o", label="mean training loss")
+    handles, labels = [], []
     if report.mode == "chained":
         lo = [r["min_loss"] for r in report.rounds]
         hi = [r["max_loss"] for r in report.rounds]
         ax.fill_between(rounds, lo, hi, alpha=0.2, label="min–max over handoffs")
     else:
         ax2 = ax.twinx()
-        ax2.bar(rounds, [r["flagged"] for r in report.rounds], alpha=0.3, color="tab:red", label="flagged")
+        ax2.bar(rounds, [r["flagged"] for r in report.rounds], width=0.4, alpha=0.3, color="tab:red",
+                label="flagged updates")
         ax2.set_ylabel("flagged updates")
         ax2.set_ylim(0, max(1, max(r["updates"] for r in report.rounds)))
+        ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_zorder(ax2.get_zorder() + 1)          # the loss line above the bars
+        ax.patch.set_visible(False)
+        handles, labels = ax2.get_legend_handles_labels()
     bad = sorted({v.round for v in report.violations if v.round is not None})
     for r in bad:
         ax.axvline(r, color="red", linestyle="--", alpha=0.6)
     ax.set_xlabel("round")
     ax.set_ylabel("loss")
     ax.set_title(f"task {report.task_id}: per-round metrics" + (" (red: violations)" if bad else ""))
-    ax.legend(loc="upper right", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    own_handles, own_labels = ax.get_legend_handles_labels()
+    ax.legend(own_handles + handles, own_labels + labels, loc="upper right", fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

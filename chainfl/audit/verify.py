@@ -545,14 +545,15 @@ class _Auditor:
         self.final = final
         if closed is None or closed.release_digest is None:
             return None
-        info = {"digest": hx(closed.release_digest), "cid": closed.release_cid, "status": "ok",
+        cid = closed.release_cid or ""
+        info = {"digest": hx(closed.release_digest), "cid": cid, "status": "ok",
                 "matches_final": False, "meta": None}
-        state = self.load_model("release", closed.release_digest, closed.release_cid or "",
-                                node=closed.by, parent=self.replayed["head"])
+        state = self.load_model("release", closed.release_digest, cid, node=closed.by,
+                                parent=self.replayed["head"])
         if state is None:
             info["status"] = self.lineage[-1]["status"]
             return info
-        _, meta = self.cache.models[(closed.release_digest, closed.release_cid)]
+        _, meta = self.cache.models[(closed.release_digest, cid)]
         info["meta"] = {k: v for k, v in meta.items() if k != "scaler"}
         for label in ("head", "accepted"):
             d, cid = self.replayed[label], self.replayed[f"{label}_cid"]

@@ -30,6 +30,15 @@ def resolve_registry(chain, address: str | None):
     return Registry.at(chain, address)
 
 
+def console():
+    """A rich console on stdout: the terminal's width, or 200 columns when piped (full addresses)."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(soft_wrap=True) if sys.stdout.isatty() else Console(width=200)
+
+
 @click.command("audit")
 @click.option("--task", "task_id", type=int, required=True, help="Task id to audit.")
 @rpc_option
@@ -61,9 +70,7 @@ def audit_cmd(ctx, task_id: int, rpc: str | None, store: str | None, registry_ad
     if as_json:
         echo_json(report.to_dict())
     else:
-        from rich.console import Console
-
-        render_terminal(report, Console(soft_wrap=True))
+        render_terminal(report, console())
         if html_path:
             click.echo(f"HTML report: {html_path}")
     if not report.ok:

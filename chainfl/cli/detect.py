@@ -61,10 +61,11 @@ def detect_cmd(task_id: int, rpc: str | None, registry_rpc: str | None, store: s
 
 
 def _print(result: dict, out: str | None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(soft_wrap=True)
+    from chainfl.cli.audit import console as make_console
+
+    console = make_console()
     rel = result["release"]
     console.print(f"Task {rel['task_id']} {rel['source']} {rel['cid']} (threshold {rel['threshold']:.4f}); "
                   f"blocks {result['from_block']}..{result['to_block']}: {result['accounts']} accounts scored, "

@@ -267,3 +267,19 @@ def test_missing_blob_is_named_on_every_store_backend(store_url):
     assert honest_part_ok
     (v,) = report.violations
     assert v.kind == "blob-missing" and v.cid == cid and v.seq == 3 and v.node == rec.nodes[0].address
+
+
+def test_release_that_is_not_the_final_model_is_named(tmp_path):
+    from .builders import release_meta
+
+    store = open_store((tmp_path / "store").as_uri())
+    with connect("eth-tester://memory") as chain:
+        rec = record_chained(chain, store, n_nodes=2, rounds=1, close=False)
+        initial, _ = decode(store, rec.cids[0])                  # not what training produced
+        blob = encode_model(initial, release_meta(rec.spec, 0.5))
+        cid = store.put(blob)
+        rec.registry.close_task(rec.task_id, digest(blob), cid, rec.coordinator)
+        report = audit_task(chain, rec.registry, store, rec.task_id)
+    (v,) = report.violations
+    assert v.kind == "release-mismatch" and v.cid == cid and v.node == rec.coordinator.address
+    assert report.release["status"] == "release-mismatch"

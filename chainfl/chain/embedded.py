@@ -3,9 +3,13 @@
 On disk (``eth-tester://``) the whole py-evm database (state trie, blocks, receipts, canonical
 head) lives in one SQLite file, ``<home>/chain/chain.sqlite``: a table of ``(key BLOB, value
 BLOB)`` behind py-evm's ``AtomicDB`` — no pickle. Writes accumulate in one open SQLite transaction
-that is committed after every mined block and on close, so the file always holds the state as of
-the last mined block: a crash loses at most the block being built, never leaves half a block.
-On reopen the canonical head is read back from the database and mining continues on top of it.
+that is committed after every mined block, so the file always holds the state as of the last mined
+block: a crash loses at most the block being built, never leaves half a block. ``close()`` discards
+what was not mined (with automine off: the queued transactions). On reopen the canonical head is
+read back from the database and mining continues on top of it.
+
+With automine off, sent transactions wait in a queue (like a node's pool) and ``mine_block`` mines
+them together in one block, optionally at a given timestamp.
 
 A second process that opens the same directory gets :class:`ChainLockedError` (an ``fcntl`` lock on
 ``<home>/chain/LOCK``, which also holds the owner's pid). eth-tester is not thread-safe: every
@@ -448,11 +452,6 @@ class EthTesterChain(Chain):
             else:  # a block already holds applied transactions: keep their timestamp
                 self.evm.tester.mine_blocks(1)
             return int(self.evm.tester.get_block_by_number("latest")["number"])
-
-    def _send_in_blocks(self, items, chunk):
-        # Mined one block per transaction (automine): py-evm's cost per transaction grows with
-        # the size of its block, so big explicit blocks would not be faster here.
-        return self._send_batch(items, chunk)
 
     def advance_time(self, seconds: int) -> int:
         if seconds < 0:

@@ -3,8 +3,8 @@
 Development accounts follow the path every local node uses, ``m/44'/60'/0'/0/i``, so the same
 mnemonic (``ganache.env``'s ``MNEMONIC``) yields the same addresses on the embedded chain, Ganache
 and Anvil. For real networks use :func:`load_keystore` (an encrypted JSON keystore, as written by
-geth, ``cast wallet`` or ``eth_account.Account.encrypt``). Private keys are never printed or logged:
-:class:`LocalAccount`'s repr shows only the address.
+geth, ``cast wallet`` or ``eth_account.Account.encrypt``). Private keys are never printed or logged
+here (eth_account's ``LocalAccount`` repr shows neither key nor address; print ``.address``).
 """
 
 from __future__ import annotations

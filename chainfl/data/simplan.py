@@ -17,7 +17,9 @@ Roles. Normal (label 0):
 * ``payroll`` — a withdrawal in, then the same pay to the same 4-20 people every 5-8 days.
 * ``faucet`` — small gifts to 10-40 users. Casual friends also pass money round in small rings.
 
-Anomalous (label 1), one group per typology, repeated until the anomalous share is reached:
+Anomalous (label 1): one group of each typology, then more groups in turn until the anomalous
+share is reached (group sizes are capped at ``max(3, n_accounts // 12)`` so small simulations keep
+room for normal users; below ~60 accounts the anomalous share is therefore above the target):
 
 * ``phishing`` — a collector that victims (casual users) send almost their whole balance to,
   then forwards the loot to exchanges.
@@ -31,8 +33,9 @@ Anomalous (label 1), one group per typology, repeated until the anomalous share 
 * ``peel`` — a chain: each hop forwards most of its balance to the next account and peels a small
   part off to an exchange.
 
-Overlap is deliberate (quiet collectors, hunters that look like sybils, bots that look like wash
-rings), and ``label_noise`` flips the recorded label of a share of accounts (``true_label`` keeps
+Overlap is deliberate: phishing collectors with one or two victims look like casual users, airdrop
+hunters like sybils, payroll like a Ponzi's fan-out, faucets like dusting, friends' rings like wash
+trading, bots' regular transfers like a wash ring's; and ``label_noise`` flips the recorded label of a share of accounts (``true_label`` keeps
 the truth), so the task is learnable but not trivial.
 """
 

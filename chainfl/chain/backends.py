@@ -210,8 +210,7 @@ class Chain:
             return receipt
         probe = {k: v for k, v in tx.items() if k in ("to", "value", "data", "gas")}
         probe["from"] = sender.address
-        block = max(int(receipt["blockNumber"]) - 1, 0)
-        data = self._revert_data(probe, block)
+        data = self._mined_revert_data(receipt, probe)
         raise TransactionReverted(
             f"{_label(tx)} from {sender.address} reverted in block {receipt['blockNumber']} "
             f"(tx {receipt['transactionHash'].hex()}): {describe_revert(data)}",
@@ -220,6 +219,12 @@ class Chain:
     def _revert_data(self, call: dict, block) -> bytes:
         """Re-run ``call`` at ``block`` and return the raw revert payload (backend-specific)."""
         raise NotImplementedError
+
+    def _mined_revert_data(self, receipt, call: dict) -> bytes:
+        """The revert payload of a mined, failed transaction. Default: re-run it on the parent
+        block's state, which is exact when it was alone in its block (automine); backends
+        override this with an exact method where they have one."""
+        return self._revert_data(call, max(int(receipt["blockNumber"]) - 1, 0))
 
     # -- batches ---------------------------------------------------------------------------
     def send_many(self, txs: Iterable[dict], sender: LocalAccount | None = None, *,

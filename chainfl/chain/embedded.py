@@ -237,6 +237,27 @@ def _backend_class():
             return serialize_transaction_receipt(
                 block, self._blocks[block.number][1], tx, index, is_pending, self.chain.get_vm())
 
+        def mined_revert_data(self, transaction_hash: bytes) -> bytes:
+            """Revert bytes of a mined transaction: re-execute its block up to and including it."""
+            from eth.exceptions import Revert
+
+            number, index = self.chain.chaindb.get_transaction_index(transaction_hash)
+            block = self._mined_block(number)
+            parent = self.chain.get_canonical_block_header_by_number(number - 1)
+            vm = self.chain.get_vm(at_header=block.header.copy(state_root=parent.state_root))
+            state = vm.state
+            snapshot = state.snapshot()
+            try:
+                for tx in block.transactions[:index]:
+                    state.apply_transaction(tx)
+                computation = state.apply_transaction(block.transactions[index])
+            finally:
+                state.revert(snapshot)
+            error = computation._error if computation.is_error else None
+            if isinstance(error, Revert) and error.args and isinstance(error.args[0], bytes):
+                return error.args[0]
+            return b""
+
         def revert_data(self, transaction: dict, block_number="latest") -> bytes:
             """Run ``transaction`` (canonical eth-tester dict) without committing; return revert bytes."""
             from eth.exceptions import Revert
@@ -430,6 +451,14 @@ class EthTesterChain(Chain):
             tx["gas"] = int(call["gas"])
         with self.evm.lock:
             return self.evm.backend.revert_data(tx, block)
+
+    def _mined_revert_data(self, receipt, call: dict) -> bytes:
+        with self.evm.lock:
+            try:
+                return self.evm.backend.mined_revert_data(bytes(receipt["transactionHash"]))
+            except Exception as e:  # fall back to the parent-state replay
+                log.debug("exact revert replay failed (%s); replaying on the parent block", e)
+        return super()._mined_revert_data(receipt, call)
 
     def automine(self, enabled: bool) -> None:
         with self.evm.lock:

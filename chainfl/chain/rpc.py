@@ -77,6 +77,21 @@ class RpcChain(Chain):
             return b""
         return revert_data_from_rpc_error(response["error"])
 
+    def _mined_revert_data(self, receipt, call: dict) -> bytes:
+        # Exact even when earlier transactions of the same block changed the state: Anvil (and
+        # geth-style nodes) return the revert output from a struct-log trace with logs disabled.
+        # Ganache answers with an empty returnValue: fall back to re-running on the parent block.
+        response = self.w3.provider.make_request("debug_traceTransaction", [
+            "0x" + bytes(receipt["transactionHash"]).hex(),
+            {"disableStorage": True, "disableMemory": True, "disableStack": True, "enableReturnData": True}])
+        result = response.get("result") if isinstance(response, dict) else None
+        if isinstance(result, dict) and result.get("returnValue"):
+            value = result["returnValue"]
+            data = _hex_bytes(value if value.startswith("0x") else "0x" + value)
+            if data is not None:
+                return data
+        return super()._mined_revert_data(receipt, call)
+
     # -- batches ---------------------------------------------------------------------------
     def _send_batch(self, items, chunk):
         raws = self._sign_batch(items)

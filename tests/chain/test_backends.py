@@ -422,3 +422,35 @@ def test_an_explicit_embedded_directory(tmp_path):
     assert (tmp_path / "somewhere" / "chain.sqlite").exists()
     with connect(url) as chain:
         assert chain.block_number() == 1
+
+
+def test_revert_data_is_exact_when_an_earlier_transaction_in_the_block_caused_the_revert(chain):
+    # Two senders, one block: A deploys a reverter, B calls its (predicted) address. On the parent
+    # block's state that address is empty (the call would succeed with no data); in the block, B's
+    # call reverts with CUSTOM_ERROR. Only an exact replay recovers it.
+    from eth_utils import to_checksum_address
+    from rlp import encode as rlp_encode
+
+    deployer, caller = chain.accounts[23], chain.accounts[24]
+    nonce = chain.w3.eth.get_transaction_count(deployer.address)
+    predicted = to_checksum_address(keccak(rlp_encode([bytes.fromhex(deployer.address[2:]), nonce]))[12:])
+    chain.automine(False)
+    try:
+        deploy_hash = chain.send_transaction({"data": init_code(revert_code(CUSTOM_ERROR)), "gas": 200_000},
+                                             deployer, wait=False)
+        call_hash = chain.send_transaction({"to": predicted, "data": b"\x01", "gas": 100_000}, caller,
+                                           wait=False)
+        number = chain.mine_block()
+    finally:
+        chain.automine(True)
+    deployed, called = chain.wait_for_receipts([deploy_hash, call_hash])
+    assert deployed["contractAddress"] == predicted and deployed["blockNumber"] == called["blockNumber"] == number
+    assert called["status"] == 0
+
+    with pytest.raises(TransactionReverted) as info:
+        chain._check(called, {"to": predicted, "data": b"\x01", "gas": 100_000}, caller)
+
+    if "ganache" in getattr(chain, "client", "").lower():
+        pytest.xfail("Ganache's debug_traceTransaction returns no revert output; the parent-state "
+                     "replay cannot see the same-block deployment")
+    assert info.value.revert_data == CUSTOM_ERROR

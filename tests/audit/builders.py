@@ -97,11 +97,12 @@ def _close(rec: Recorded, state) -> None:
 
 def record_chained(chain, store, n_nodes: int = 3, rounds: int = 2, seed: int = 0, reject_at: int | None = None,
                    close: bool = True, registry_nodes=None, dataset=None, model: ModelConfig = MODEL,
-                   train: TrainConfig = TRAIN) -> Recorded:
+                   train: TrainConfig = TRAIN, skip_at: int | None = None) -> Recorded:
     """An honest chained task: ``rounds`` passes over ``n_nodes`` nodes. With ``reject_at=k``, the
     node receiving handoff k rejects it (recorded), then trains from the last accepted model.
     With ``dataset`` (a :class:`chainfl.data.Dataset`), nodes train on its rows split in order and
-    the release threshold is the F1-best one on those rows; else on synthetic data."""
+    the release threshold is the F1-best one on those rows; else on synthetic data. With
+    ``skip_at=k``, the coordinator passes the turn after handoff k to the following node."""
     registry, coord, nodes = registry_nodes or setup_registry(chain, n_nodes)
     if dataset is None:
         spec = _spec("chained", nodes, rounds, None, seed)
@@ -124,6 +125,11 @@ def record_chained(chain, store, n_nodes: int = 3, rounds: int = 2, seed: int = 
     i = 0
     while seq < rounds * n_nodes:
         node = nodes[i % n_nodes]
+        if skip_at is not None and seq == skip_at:
+            registry.skip_turn(task_id, nodes[(i + 1) % n_nodes], coord)
+            skip_at = None
+            i += 1
+            continue
         if reject_at is not None and seq == reject_at and seq > 0:
             registry.reject_handoff(task_id, head_d, "validation loss worse", node)
             head_state, head_d = accepted_state, rec.digests[-2]

@@ -283,3 +283,16 @@ def test_release_that_is_not_the_final_model_is_named(tmp_path):
     (v,) = report.violations
     assert v.kind == "release-mismatch" and v.cid == cid and v.node == rec.coordinator.address
     assert report.release["status"] == "release-mismatch"
+
+
+def test_skipped_turn_is_consistent_and_counted(tmp_path):
+    store = open_store((tmp_path / "store").as_uri())
+    with connect("eth-tester://memory") as chain:
+        rec = record_chained(chain, store, n_nodes=3, rounds=1, skip_at=1, close=False)
+        report = audit_task(chain, rec.registry, store, rec.task_id)
+    assert report.ok, [str(v) for v in report.violations]
+    assert report.counts["skips"] == 1
+    assert report.nodes[rec.nodes[1].address].skipped == 1
+    assert report.warnings == []          # every handoff followed the spec's visiting order
+    n0, n1, n2 = (n.address for n in rec.nodes)
+    assert {a: n.contributions for a, n in report.nodes.items()} == {n0: 2, n1: 0, n2: 1}

@@ -243,6 +243,7 @@ def main() -> None:
                                           "--fed-rounds", str(args.fed_rounds), "--accounts", str(args.accounts),
                                           "--eval-accounts", str(args.eval_accounts), "--seed", str(args.seed)]
                                          + (["--reuse", "<earlier run dir>"] if reuse else []))
+            raw = json.loads(RAW.read_text()) if RAW.exists() else {"scenarios": {}}   # merge: runs may overlap
             raw["scenarios"][name] = result
             reuse = reuse or str(work / f"run-{name}")     # later scenarios reuse these simulations
             raw["comparison"] = comparison(raw)

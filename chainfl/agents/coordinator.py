@@ -34,6 +34,7 @@ import numpy as np
 
 from chainfl.agents import modelio
 from chainfl.agents.follower import EventFollower
+from chainfl.agents.setup import fast_calls
 from chainfl.agents.reports import histograms_for
 from chainfl.agents.spec import TaskSpec
 from chainfl.agents.threshold import merge_histograms, threshold_from_histogram
@@ -63,6 +64,7 @@ class Coordinator:
         self.report_timeout = float(report_timeout)
         self.fetch_timeout = fetch_timeout
         self.clock = clock
+        fast_calls(self.chain)
         self.task_id: int | None = None
         self.spec: TaskSpec | None = None
         self.follower: EventFollower | None = None

@@ -39,6 +39,7 @@ import numpy as np
 
 from chainfl.agents import modelio
 from chainfl.agents.follower import EventFollower
+from chainfl.agents.setup import fast_calls
 from chainfl.agents.reports import NodeReport
 from chainfl.agents.threshold import score_histogram
 from chainfl.aggregation.attacks import AttackConfig, poison_labels, poison_update
@@ -105,6 +106,7 @@ class NodeAgent:
         self.attack = attack if attack is not None and attack.kind != "none" else None
         self.fetch_timeout = fetch_timeout
         self.follower = EventFollower(registry, task_id, start_block=start_block)
+        fast_calls(self.chain)
         self.spec = None
         self.index = -1
         self._scaled = None

@@ -2,8 +2,9 @@
 
 :func:`run_job` wires the parts and steps the agents deterministically in one process:
 
-1. **data** — simulate labelled activity on a fresh chain (real transactions; the embedded chain
-   by default, the ``--rpc`` node otherwise) and extract account features from its blocks; or load
+1. **data** — simulate labelled activity on a fresh chain (real transactions; a fresh in-memory
+   embedded chain by default, the ``--rpc`` node otherwise) and extract account features from its
+   blocks; or load
    ``--data CSV --label COL`` / the real ``eth_fraud`` dataset (a seeded, stratified test split is
    held out);
 2. **partition** the rows over ``nodes`` node accounts (iid / dirichlet / quantity / blocks); each
@@ -55,7 +56,7 @@ class RunConfig:
     """Everything ``chainfl run`` does is fixed by these settings (and the backends)."""
 
     mode: str = "chained"            # "chained" (model travels node to node) or "federated"
-    nodes: int = 6                   # node accounts (dev accounts 1..nodes; 0 coordinates)
+    nodes: int = 5                   # node accounts (dev accounts 1..nodes; 0 coordinates)
     rounds: int = 3                  # chained: passes over all nodes; federated: rounds
     strategy: str = "fedavg"         # federated aggregation strategy (aggregation.STRATEGIES)
     gate: bool = True                # chained: validation gate on incoming models
@@ -66,8 +67,8 @@ class RunConfig:
     dataset: str = "simulate"        # simulate | eth_fraud | csv
     data: str | None = None          # CSV path (dataset="csv")
     label: str | None = None         # label column of the CSV
-    accounts: int = 300              # simulated accounts on the training chain
-    eval_accounts: int = 300         # simulated accounts on the new (evaluation) chain
+    accounts: int = 150              # simulated accounts on the training-data chain
+    eval_accounts: int = 60          # simulated accounts on the new (evaluation) chain
     test_fraction: float = 0.2       # held-out test share for eth_fraud / csv
     val_fraction: float = 0.2        # each node's validation share
     model: str = "mlp"               # mlp | logreg
@@ -154,6 +155,48 @@ def _simulated(chain, n_accounts: int, seed: int, progress: bool):
     return sim, features, ds
 
 
+def _eval_worker(url: str, n_accounts: int, seed: int, out: str) -> None:
+    """Child process: simulate the new chain, save the simulation and the features extracted
+    from the chain's blocks (``features.npz``) into ``out``; errors into ``error.txt``."""
+    from chainfl.chain import connect
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with connect(url) as chain:
+            sim, _, ds = _simulated(chain, n_accounts, seed, progress=False)
+            sim.save(out_dir)
+            np.savez(out_dir / "features.npz", X=ds.X, y=ds.y, names=np.array(ds.feature_names),
+                     ids=np.array(ds.ids))
+    except BaseException as e:      # reported to the parent, which raises it as an AgentError
+        (out_dir / "error.txt").write_text(f"{type(e).__name__}: {e}")
+        raise
+
+
+def _start_eval_worker(url: str, n_accounts: int, seed: int, out: Path):
+    import multiprocessing
+
+    for stale in ("error.txt", "features.npz"):
+        (out / stale).unlink(missing_ok=True)
+    proc = multiprocessing.get_context("spawn").Process(target=_eval_worker, args=(url, n_accounts, seed, str(out)),
+                                                        name="chainfl-eval-chain", daemon=True)
+    proc.start()
+    return proc
+
+
+def _join_eval_worker(proc, out: Path):
+    from chainfl.data.datasets import Dataset
+    from chainfl.data.simulator import Simulation
+
+    proc.join()
+    if (out / "error.txt").exists() or proc.exitcode != 0:
+        detail = (out / "error.txt").read_text() if (out / "error.txt").exists() else f"exit code {proc.exitcode}"
+        raise AgentError(f"simulating the evaluation chain failed: {detail}")
+    with np.load(out / "features.npz") as f:
+        ds = Dataset(f["X"], f["y"], [str(n) for n in f["names"]], [str(i) for i in f["ids"]], "new chain")
+    return Simulation.load(out), ds
+
+
 def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     test = []
@@ -191,28 +234,36 @@ def _load_data(cfg: RunConfig, train_chain, run_dir: Path, progress: bool) -> _D
     if cfg.dataset == "simulate":
         from chainfl.chain import connect
 
-        t = time.monotonic()
-        if cfg.data_rpc:
-            with connect(cfg.data_rpc) as data_chain:
-                sim, features, ds = _simulated(data_chain, cfg.accounts, cfg.seed, progress)
-        else:
-            sim, features, ds = _simulated(train_chain, cfg.accounts, cfg.seed, progress)
-        t_train = time.monotonic() - t
-        sim.save(run_dir / "train-simulation")
-        # the new blockchain: another seed on a fresh chain (by default embedded, in the run directory)
-        t = time.monotonic()
+        # the new blockchain: another seed on a fresh chain (by default embedded, in the run
+        # directory), simulated in a separate process while this one prepares the training data
         eval_url = cfg.eval_rpc or (run_dir / "eval-chain").as_uri().replace("file://", "eth-tester://")
-        with connect(eval_url) as eval_chain:
-            eval_sim, _, eval_ds = _simulated(eval_chain, cfg.eval_accounts, cfg.seed + 7919, progress)
-            eval_sim.save(run_dir / "eval")
-            eval_blocks = (eval_sim.from_block, eval_sim.to_block)
+        t = time.monotonic()
+        worker = _start_eval_worker(eval_url, cfg.eval_accounts, cfg.seed + 7919, run_dir / "eval")
+        try:
+            # a fresh chain for the training data: given, else a fresh in-memory embedded chain when
+            # training on the embedded chain (persisting it would only slow the simulation down),
+            # else the training node itself
+            data_rpc = cfg.data_rpc or ("eth-tester://memory" if train_chain.kind == "eth-tester" else None)
+            if data_rpc:
+                with connect(data_rpc) as data_chain:
+                    sim, features, ds = _simulated(data_chain, cfg.accounts, cfg.seed, progress)
+            else:
+                sim, features, ds = _simulated(train_chain, cfg.accounts, cfg.seed, progress)
+            t_train = time.monotonic() - t
+            sim.save(run_dir / "train-simulation")
+            eval_sim, eval_ds = _join_eval_worker(worker, run_dir / "eval")
+        finally:
+            if worker.is_alive():
+                worker.terminate()
+                worker.join(10)
         t_eval = time.monotonic() - t
-        info = {"source": "simulation", "data_chain": cfg.data_rpc or train_chain.url,
+        eval_blocks = (eval_sim.from_block, eval_sim.to_block)
+        info = {"source": "simulation", "data_chain": data_rpc or train_chain.url,
                 "train_accounts": len(ds.y), "train_txs": len(sim.ledger),
                 "train_positive_rate": float(ds.y.mean()), "eval_chain": eval_url,
                 "eval_blocks": list(eval_blocks), "eval_accounts": len(eval_ds.y),
                 "eval_txs": len(eval_sim.ledger), "eval_positive_rate": float(eval_ds.y.mean()),
-                "simulate_seconds": round(t_train, 1), "eval_simulate_seconds": round(t_eval, 1),
+                "simulate_seconds": round(t_train, 1), "eval_ready_seconds": round(t_eval, 1),
                 "eval_labels": str(run_dir / "eval" / "labels.csv")}
         order = features.first_seen(list(ds.ids))
         return _Data(ds.X, ds.y, tuple(ds.feature_names), order, eval_ds.X, eval_ds.y, "new chain", info)

@@ -19,6 +19,17 @@ from chainfl.learning.train import TrainConfig
 log = logging.getLogger(__name__)
 
 
+def fast_calls(chain) -> None:
+    """Give ``eth_call`` a ``from`` address. Without one, web3's eth-tester middleware asks the
+    chain for its account list on every view call (3 extra requests): a registry view took 0.20 s
+    instead of 0.055 s on the embedded chain (measured). Views of the registry do not depend on the
+    caller; transactions always set their own sender."""
+    from web3._utils.empty import empty
+
+    if chain.w3.eth.default_account is empty or not chain.w3.eth.default_account:
+        chain.w3.eth.default_account = chain.accounts[0].address
+
+
 def recorded_registry(chain) -> str | None:
     """The registry address recorded for ``chain`` by ``chainfl deploy`` (None if none/unknown)."""
     try:

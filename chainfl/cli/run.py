@@ -49,7 +49,7 @@ def _f(v) -> str:
 
 @click.command("run")
 @click.option("--mode", type=click.Choice(["chained", "federated"]), default="chained", show_default=True)
-@click.option("--nodes", type=int, default=6, show_default=True, help="Node accounts (data holders).")
+@click.option("--nodes", type=int, default=5, show_default=True, help="Node accounts (data holders).")
 @click.option("--rounds", type=int, default=3, show_default=True,
               help="Chained: passes over all nodes; federated: rounds.")
 @click.option("--strategy", default="fedavg", show_default=True,
@@ -67,8 +67,8 @@ def _f(v) -> str:
 @click.option("--label", default=None, help="Label column of --data.")
 @click.option("--dataset", type=click.Choice(["simulate", "eth_fraud"]), default=None,
               help="eth_fraud: the real labelled dataset in CHAINFL_DATA_DIR.")
-@click.option("--accounts", type=int, default=300, show_default=True, help="Simulated accounts (training chain).")
-@click.option("--eval-accounts", type=int, default=300, show_default=True, help="Simulated accounts (new chain).")
+@click.option("--accounts", type=int, default=150, show_default=True, help="Simulated accounts (training data).")
+@click.option("--eval-accounts", type=int, default=60, show_default=True, help="Simulated accounts (new chain).")
 @click.option("--epochs", type=int, default=2, show_default=True, help="Local epochs per visit/round.")
 @click.option("--model", type=click.Choice(["mlp", "logreg"]), default="mlp", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -9,8 +9,9 @@ on a stratified 20 % test split at the threshold that maximises F1 on a 20 % val
     python -m benchmarks.experiments                 # full run -> benchmarks/results/experiments.md
     python -m benchmarks.experiments --quick         # 1 seed, fewer rounds (smoke test)
 
-Uses ``chainfl.learning.batched.train_many`` (the vectorised equivalent of ``train_local``) so a
-50-node round takes tens of milliseconds on one core.
+Uses ``chainfl.learning.batched.train_many`` (the vectorised equivalent of ``train_local``): a
+50-node round measured 0.24 s on one thread of a 2-core machine under load ~7 from other jobs,
+against 2.4 s for a loop of ``train_local`` under the same load.
 """
 
 from __future__ import annotations

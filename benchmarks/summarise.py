@@ -170,9 +170,9 @@ class Question:
 
 QUESTIONS = [
     Question("1", "Detection quality (centralised, local-only, chained, FedAvg, robust rules; IID / α 0.5 / α 0.1)",
-             [("experiments", "python benchmarks/experiments.py")]),
+             [("experiments", "python -m benchmarks.experiments")]),
     Question("2", "Robustness (attacks × defences × malicious fraction; screening precision/recall)",
-             [("experiments", "python benchmarks/experiments.py")]),
+             [("experiments_attacks", "python -m benchmarks.experiments --sections attacks")]),
     Question("3", "Overhead of chain + IPFS per round, and side by side with Flower",
              [("overhead", "python -m benchmarks.overhead"),
               ("flower_compare", "python -m benchmarks.flower_compare")]),
@@ -180,15 +180,15 @@ QUESTIONS = [
              [("gas", "python benchmarks/gas.py"), ("flower_compare", "python -m benchmarks.flower_compare")]),
     Question("5", "Scale: 10 / 50 / 200 nodes (time per round, peak memory, transactions per round)",
              [("scale", "python -m benchmarks.scale"),
-              ("simulate", "python benchmarks/simulate_throughput.py")]),
+              ("simulate", "python -m benchmarks.simulate_throughput")]),
 ]
-OTHERS = [("seed_scenario", "python benchmarks/seed_scenario.py", "The seed's scenario end to end"),
-          ("audit_detect", "python benchmarks/audit_detect.py", "Audit and detection")]
+OTHERS = [("seed_scenario", "python -m benchmarks.seed_scenario", "The seed's scenario end to end"),
+          ("audit_detect", "python -m benchmarks.audit_detect", "Audit and detection")]
 
 #: which tables of a results file each question copies (heading keywords; empty = first table)
 TABLE_PICKS = {
-    ("1", "experiments"): ("quality", "detection", "centralised", "federated", "f1"),
-    ("2", "experiments"): ("robust", "attack", "poison", "screening"),
+    ("1", "experiments"): ("NaN", "missingness flag", "chained"),
+    ("2", "experiments_attacks"): ("attack", "screening"),
     ("3", "overhead"): ("per round",),
     ("3", "flower_compare"): ("side by side",),
     ("4", "gas"): (),
@@ -208,15 +208,37 @@ def headline_for(q: Question, r: Result) -> str:
             return overhead_headline(r)
         if r.name == "scale":
             return scale_headline(r)
-    return generic_headline(r, TABLE_PICKS.get((q.number, r.name), ()))
+    return generic_headline(r, TABLE_PICKS.get((q.number, r.name), ()),
+                            **DIGEST_SIZE.get((q.number, r.name), {}))
 
 
-def generic_headline(r: Result, picks=()) -> str:
-    """A results file's own summary paragraph (JSON sidecar), else a pointer to its table."""
+#: how much of a table the one-line headline copies (rows, value columns)
+DIGEST_SIZE = {("4", "gas"): {"max_rows": 20, "max_cols": 1}}
+
+
+def generic_headline(r: Result, picks=(), **size) -> str:
+    """A results file's own summary paragraph (JSON sidecar), else its first picked table in one line."""
     if r.meta and r.meta.get("summary"):
         return " ".join(r.meta["summary"].split())
     tables = r.tables(*picks, first=1) or r.tables(first=1)
-    return f"see the table “{tables[0].heading}” below" if tables else "see the file"
+    return table_digest(tables[0], **size) if tables else "see the file"
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def table_digest(t: MdTable, max_rows: int = 6, max_cols: int = 3) -> str:
+    """A table squeezed into one line: ``heading — row: col value, col value; ...`` (copied cells)."""
+    lines = t.text.splitlines()
+    header = _cells(lines[0])
+    rows = [_cells(x) for x in lines[2:2 + max_rows]]
+    parts = []
+    for row in rows:
+        values = ", ".join(f"{h} {v}" for h, v in list(zip(header[1:], row[1:]))[:max_cols])
+        parts.append(f"{row[0]}: {values}")
+    more = " …" if len(lines) - 2 > max_rows else ""
+    return f"{t.heading} — " + "; ".join(parts) + more
 
 
 def render(results_dir: Path = RESULTS) -> str:

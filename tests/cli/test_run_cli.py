@@ -56,3 +56,25 @@ def test_run_rejects_conflicting_sources(chainfl_home, labelled_csv):
     assert result.exit_code != 0 and "either --data CSV or --dataset" in result.output
     result = CliRunner().invoke(main, ["run", "--data", str(labelled_csv)])
     assert result.exit_code == 1 and "--label" in result.output
+
+
+def test_run_default_simulation_evaluates_on_a_new_persisted_chain(chainfl_home, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", "--accounts", "40", "--eval-accounts", "30", "--nodes", "3",
+                                       "--rounds", "1", "--epochs", "1", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    res = json.loads(result.output[result.output.index("{"):])
+
+    assert res["test"]["source"] == "new chain" and res["test"]["n"] == res["data"]["eval_accounts"] == 30
+    assert res["data"]["data_chain"] == "eth-tester://memory" and res["data"]["train_accounts"] == 40
+    assert res["data"]["eval_chain"] == "eth-tester://" + str(out / "eval-chain")
+    assert res["audit"]["ok"] is True and [n["handoffs"] for n in res["per_node"]] == [1, 1, 1]
+    labels = pd.read_csv(out / "eval" / "labels.csv")
+    assert len(labels) == 30 and set(labels["label"]) <= {0, 1}
+    # the new chain persisted in the run directory holds the simulated blocks (chainfl detect reads it)
+    from chainfl.chain import connect
+
+    with connect(res["data"]["eval_chain"]) as chain:
+        assert chain.block_number() >= res["data"]["eval_blocks"][1]
+        tx = chain.w3.eth.get_block(res["data"]["eval_blocks"][1], full_transactions=True)["transactions"]
+        assert len(tx) > 0

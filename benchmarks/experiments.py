@@ -153,6 +153,11 @@ def run_federated(s: Setup, model_cfg: ModelConfig, train_cfg: TrainConfig, fc: 
             if k in bad and fc.attack.poisons_model:
                 vec = poison_update(fc.attack, vec, ref, r * 1000 + k)
             updates.append(Update(f"n{k:03d}", None, vec, res.n_samples))
+        # a coordinator drops malformed (non-finite) updates before aggregating
+        updates = [u for u in updates if np.all(np.isfinite(u.state_vec))]
+        if not updates:
+            return {"f1": float("nan"), "diverged": r, "round_s": None, "curve": curve,
+                    "detect_rate": None, "false_flag_rate": None}
         agg = strategy.aggregate(updates, reference=ref, previous=previous)
         previous = ref
         flagged = set(agg.flagged)
@@ -165,11 +170,14 @@ def run_federated(s: Setup, model_cfg: ModelConfig, train_cfg: TrainConfig, fc: 
                 honest_seen += 1
                 false_flags += name in flagged
         state = unflatten(agg.vector, shapes)
+        if not np.all(np.isfinite(agg.vector)):
+            return {"f1": float("nan"), "diverged": r, "round_s": None, "curve": curve,
+                    "detect_rate": None, "false_flag_rate": None}
         if eval_every and r % eval_every == 0:
             curve.append((r, test_metrics(model_cfg, state, s)["f1"]))
     secs = (time.perf_counter() - t0) / fc.rounds
     m = test_metrics(model_cfg, state, s)
-    m.update({"round_s": secs, "curve": curve,
+    m.update({"round_s": secs, "curve": curve, "diverged": None,
               "detect_rate": caught / max(1, caught + missed) if bad else None,
               "false_flag_rate": false_flags / max(1, honest_seen)})
     return m
@@ -339,13 +347,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             for attack in attacks:
                 fc = FedConfig(rounds=args.attack_rounds, strategy=st, strategy_overrides=MOMENTUM, attack=attack)
                 res = [run_federated(setups[sd], MODEL, FED_TRAIN, fc) for sd in args.seeds]
-                raw[f"attack_{st}_{attack.kind}"] = [{k: r[k] for k in ("f1", "detect_rate", "false_flag_rate")}
-                                                     for r in res]
-                row.append(mean_std([r["f1"] for r in res]))
+                raw[f"attack_{st}_{attack.kind}"] = [{k: r[k] for k in ("f1", "detect_rate", "false_flag_rate",
+                                                                        "diverged")} for r in res]
+                div = [r["diverged"] for r in res if r["diverged"]]
+                cell = mean_std([r["f1"] for r in res])
+                if div:
+                    cell = f"diverged (NaN) in {len(div)}/{len(res)} seeds (rounds {div})" + \
+                        ("" if cell == "–" else f"; others {cell}")
+                row.append(cell)
                 if st.startswith("screened"):
                     detect_rows.append([st, attack.kind,
-                                        "–" if attack.kind == "none" else f"{_mean([r['detect_rate'] for r in res]):.3f}",
-                                        f"{_mean([r['false_flag_rate'] for r in res]):.3f}"])
+                                        "–" if attack.kind == "none" or div else f"{_mean([r['detect_rate'] for r in res]):.3f}",
+                                        "–" if div else f"{_mean([r['false_flag_rate'] for r in res]):.3f}"])
                 log(st, attack.kind, row[-1])
             rows.append(row)
         tables.append(Table(f"Federated under attack: 20 % malicious nodes, {args.attack_rounds} rounds, "

@@ -590,6 +590,13 @@ def verify_history(history: History, store, live_state=None, *, timeout: float =
     else:
         a.federated()
     a.check_final(live_state)
+    if a.spec is not None and history.closed is not None:
+        if history.mode == Mode.CHAINED and len(history.handoffs) < a.spec.total_handoffs:
+            a.warnings.append(f"task closed after {len(history.handoffs)} handoffs; the spec plans "
+                              f"{a.spec.total_handoffs} ({a.spec.rounds} passes over {len(a.spec.nodes)} nodes)")
+        done = sum(1 for r in history.rounds if r.finalized)
+        if history.mode == Mode.FEDERATED and done < a.spec.rounds:
+            a.warnings.append(f"task closed after {done} finalized rounds; the spec plans {a.spec.rounds}")
     release = a.check_release()
     summaries = a.nodes
     for address, s in summaries.items():

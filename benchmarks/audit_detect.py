@@ -175,6 +175,8 @@ def main(argv=None) -> None:
     ap.add_argument("--results-dir", default=None)
     ap.add_argument("--scale", type=int, default=0, metavar="N",
                     help="only record and audit one chained history of N handoffs (results: audit_scale.md)")
+    ap.add_argument("--ipfs", action="store_true",
+                    help="with --scale: keep the blobs in a js-ipfs daemon started here (results: audit_scale_ipfs.md)")
     args = ap.parse_args(argv)
     if args.scale:
         return scale(args)
@@ -268,7 +270,7 @@ def scale(args) -> None:
     from chainfl.chain.nodes import LocalNode
 
     load_before = os.getloadavg()[0]
-    node = None
+    node = daemon = None
     url = args.rpc
     if url is None:
         node = LocalNode("anvil", settings=config.load_node_settings(), port=args.port,
@@ -276,15 +278,24 @@ def scale(args) -> None:
         node.start(timeout=60)
         url = node.url
     try:
-        store = open_store(Path(tempfile.mkdtemp(prefix="bench-store-")).as_uri())
+        if args.ipfs:
+            from chainfl.storage.daemon import IpfsDaemon
+
+            daemon = IpfsDaemon(repo_dir=tempfile.mkdtemp(prefix="bench-ipfs-"), api_port=args.port + 100)
+            daemon.start(timeout=120)
+            store = open_store(daemon.url)
+        else:
+            store = open_store(Path(tempfile.mkdtemp(prefix="bench-store-")).as_uri())
         with connect(url) as chain:
-            log(f"recording {args.scale} chained handoffs on {url}")
+            log(f"recording {args.scale} chained handoffs on {url}, blobs in {store.url}")
             t0 = time.perf_counter()
             registry, task = record_chained(chain, store, args.scale)
             recording = time.perf_counter() - t0
             result = time_audit(chain, registry, store, task, args.repeats)
             blocks = int(chain.w3.eth.block_number)
     finally:
+        if daemon is not None:
+            daemon.stop()
         if node is not None:
             node.stop()
     table = Table("Audit of one long chained history on Anvil (median of repeated runs)",
@@ -292,10 +303,11 @@ def scale(args) -> None:
                    "runs (s)", "recording (s)"],
                   [[args.scale, result["events"], blocks, result["blobs"], result["logs_median_s"],
                     result["median_s"], ", ".join(map(str, result["runs_s"])), recording]],
-                  note="Logs read in 2,000-block chunks filtered on the task id; same model and store as "
-                       "`audit_detect.md`.")
+                  note="Logs read in 2,000-block chunks filtered on the task id; same model as "
+                       f"`audit_detect.md`; blobs in {'a js-ipfs daemon (Kubo RPC API)' if args.ipfs else 'the embedded file:// store'}.")
+    name = "audit_scale_ipfs" if args.ipfs else "audit_scale"
     path = write_results(
-        "audit_scale", "Audit at scale", [table],
+        name, "Audit at scale" + (" (blobs in an IPFS daemon)" if args.ipfs else ""), [table],
         summary=f"Audit of {args.scale} chained handoffs ({result['events']} events) on Anvil: "
                 f"**{result['median_s']:.2f} s** (median of {args.repeats}), of which log queries "
                 f"{result['logs_median_s']:.2f} s.",

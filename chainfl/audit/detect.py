@@ -12,8 +12,10 @@
    features (input × gradient of the logit on the scaled inputs: cheap, one backward pass).
 3. :meth:`Scored.metrics` compares with known labels (precision/recall/F1 at the threshold, AUCs).
 
-``score_chain(...).metrics(labels)`` is *the* evaluation of a release on a chain: ``chainfl detect
---labels`` prints it and the runner reports the same call, so the numbers agree by construction.
+``score_chain(...).metrics(labels)`` is the evaluation of a release on a chain: ``chainfl detect
+--labels`` prints it. It is the same pipeline as ``learning.evaluate`` on the chain's labelled
+accounts (features -> release scaler -> model -> release threshold), so ``chainfl run``'s evaluation
+of its release on its new chain gives identical numbers (``tests/cli/test_detect_cli.py``).
 """
 
 from __future__ import annotations

@@ -67,8 +67,10 @@ def scenarios(args) -> dict:
     from chainfl.agents.runner import RunConfig
 
     chained = RunConfig(mode="chained", nodes=args.nodes, rounds=args.rounds, accounts=args.accounts,
-                        eval_accounts=args.eval_accounts, epochs=2, seed=args.seed, partition="iid")
-    fed = replace(chained, mode="federated", rounds=args.fed_rounds, strategy="screened-fedavg")
+                        eval_accounts=args.eval_accounts, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                        partition="iid")
+    fed = replace(chained, mode="federated", rounds=args.fed_rounds, strategy="screened-fedavg",
+                  epochs=args.fed_epochs, lr=args.fed_lr)
     return {
         "chained-anvil": ("anvil", chained),
         "chained-embedded": ("embedded", chained),
@@ -150,7 +152,8 @@ def render(raw: dict) -> str:
                   f"{env.get('anvil')}",
                   f"- training chain: {r['backend']} (`{r['chain']}`); mode {c['mode']}"
                   + (f", strategy {c['strategy']}" if c["mode"] == "federated" else ", validation gate on")
-                  + f"; {c['nodes']} nodes x {c['rounds']} rounds; attack {c['attack']}"
+                  + f"; {c['nodes']} nodes x {c['rounds']} rounds; {c['epochs']} local epoch(s), lr {c['lr']}; "
+                  + f"attack {c['attack']}"
                   + (f" ({len(d.get('malicious', []))} malicious nodes)" if c["attack"] != "none" else ""),
                   f"- data: {d.get('train_accounts')} simulated accounts / {d.get('train_txs')} transactions for "
                   f"training ({_f(d.get('train_positive_rate'), 2)} positive); new chain: {d.get('eval_accounts')} "
@@ -180,6 +183,8 @@ def render(raw: dict) -> str:
                 extra = {k: row[k] for k in ("rejections", "flagged", "included") if k in row}
                 lines.append(f"| {row['round']} | {_f(row['loss'])} | {_f(row['f1'])} | {_f(row['threshold'], 4)} | {extra} |")
             lines += ["", "</details>", ""]
+    for note in raw.get("notes", []):
+        lines += [note, ""]
     comp = raw.get("comparison")
     if comp:
         lines += ["## Federated, 20 % boosted attackers", "", comp, ""]
@@ -212,6 +217,11 @@ def main() -> None:
     p.add_argument("--accounts", type=int, default=1000)
     p.add_argument("--eval-accounts", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=1, help="chained: local epochs per visit")
+    p.add_argument("--lr", type=float, default=5e-4, help="chained: learning rate (the model visits 1000 "
+                   "times; 1e-2 made the training loss rise, see the .md)")
+    p.add_argument("--fed-epochs", type=int, default=2)
+    p.add_argument("--fed-lr", type=float, default=1e-2)
     p.add_argument("--reuse", default=None, help="reuse the simulations of this earlier run directory")
     p.add_argument("--work", default=None, help="work directory (default: a temp dir, kept)")
     p.add_argument("--render", action="store_true", help="only rewrite the .md from the saved JSON")
@@ -241,7 +251,9 @@ def main() -> None:
             result["command"] = " ".join(["python", "benchmarks/seed_scenario.py", "--only", name,
                                           "--nodes", str(args.nodes), "--rounds", str(args.rounds),
                                           "--fed-rounds", str(args.fed_rounds), "--accounts", str(args.accounts),
-                                          "--eval-accounts", str(args.eval_accounts), "--seed", str(args.seed)]
+                                          "--eval-accounts", str(args.eval_accounts), "--seed", str(args.seed),
+                                          "--epochs", str(args.epochs), "--lr", str(args.lr),
+                                          "--fed-epochs", str(args.fed_epochs), "--fed-lr", str(args.fed_lr)]
                                          + (["--reuse", "<earlier run dir>"] if reuse else []))
             raw = json.loads(RAW.read_text()) if RAW.exists() else {"scenarios": {}}   # merge: runs may overlap
             raw["scenarios"][name] = result

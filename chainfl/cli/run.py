@@ -70,6 +70,8 @@ def _f(v) -> str:
 @click.option("--accounts", type=int, default=150, show_default=True, help="Simulated accounts (training data).")
 @click.option("--eval-accounts", type=int, default=60, show_default=True, help="Simulated accounts (new chain).")
 @click.option("--epochs", type=int, default=2, show_default=True, help="Local epochs per visit/round.")
+@click.option("--lr", type=float, default=1e-2, show_default=True,
+              help="Local learning rate (long chained runs need less, e.g. 5e-4 for 50 nodes x 20 rounds).")
 @click.option("--model", type=click.Choice(["mlp", "logreg"]), default="mlp", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--registry", "registry_address", envvar="CHAINFL_REGISTRY", default=None,
@@ -81,7 +83,7 @@ def _f(v) -> str:
 @store_option
 @json_option
 def run_cmd(mode, nodes, rounds, strategy, no_gate, partition_, alpha, attack, malicious_fraction, data_path,
-            label, dataset, accounts, eval_accounts, epochs, model, seed, registry_address, out, quiet, rpc,
+            label, dataset, accounts, eval_accounts, epochs, lr, model, seed, registry_address, out, quiet, rpc,
             store, as_json):
     """Train a detector across NODES data holders with the registry as the audit trail.
 
@@ -98,7 +100,7 @@ def run_cmd(mode, nodes, rounds, strategy, no_gate, partition_, alpha, attack, m
                     partition=partition_, alpha=alpha,
                     attack="gaussian-noise" if attack == "noise" else attack,
                     malicious_fraction=malicious_fraction, dataset=source, data=data_path, label=label,
-                    accounts=accounts, eval_accounts=eval_accounts, epochs=epochs, model=model, seed=seed,
+                    accounts=accounts, eval_accounts=eval_accounts, epochs=epochs, lr=lr, model=model, seed=seed,
                     rpc=rpc, store=store, registry=registry_address)
     result = run_job(cfg, out=out, progress=not quiet and not as_json)
     if as_json:

@@ -14,6 +14,23 @@ is tiny, does not flag the slightly-different ones), or when its cosine is below
 holding one class routinely point away from the centre - measured: a cosine-only rule flagged 28 %
 of honest updates on the real data - but they do not also move the model unusually far.)
 Pure and deterministic: same updates in any order -> same flags (reported in the caller's order).
+
+``method="neighbours"`` (used by the ``screened-fedavg`` strategy) scores isolation instead:
+
+* ``neighbour`` the mean distance from ``u_i - reference`` to its ``k_neighbours`` nearest other
+  deltas, divided by the round's median of that score (the *neighbour ratio*).
+
+An update is flagged when its neighbour ratio exceeds ``max_ratio``, or when its delta norm is more
+than ``norm_ratio_max`` times the round's median norm (so that colluders sending near-identical
+boosted vectors, who are each other's neighbours, are still caught), with at most
+``floor(max_flag_frac * n)`` flags per round (highest neighbour ratio first). Why: under label skew
+the honest updates are not one cloud around a centre but several (a handful of nodes holding
+almost only the positive class move the model in their own direction, together), so distance to a
+single centre keeps flagging that minority; an update scaled up by an attacker is instead far from
+*every* other update. Measured on the real data (50 nodes, Dirichlet 0.5, FedAvg trajectory, 30
+rounds, boosted x10): ratio 3 caught 89 % / 81 % of boosted updates (seeds 0 / 1) with 3.2 % /
+3.7 % honest false flags in clean rounds, against 83 % / 70 % caught at 3.0 % / 11 % for the
+distance to the coordinate-wise median (see benchmarks/results/experiments_attacks.md).
 """
 
 from __future__ import annotations
@@ -23,10 +40,11 @@ from typing import Sequence
 
 import numpy as np
 
-from chainfl.aggregation.rules import _stack, canonical_order
+from chainfl.aggregation.rules import _pairwise_sq, _stack, canonical_order
 from chainfl.errors import LearningError
 
 MAD_SCALE = 1.4826  # MAD of a normal distribution -> its standard deviation
+SCREEN_METHODS = ("centre", "neighbours")
 
 
 @dataclass(frozen=True)
@@ -38,6 +56,19 @@ class ScreenConfig:
     min_cosine: float = -0.2    # cosine to the centre's direction below this (with a large norm)
     min_updates: int = 4        # fewer updates than this: no statistics, nothing flagged
     size_exponent: float = 0.0  # norms are compared as norm / n_samples**size_exponent (0 = raw)
+    method: str = "centre"      # "centre" (z-scores above) or "neighbours" (isolation, see module doc)
+    k_neighbours: int = 2       # neighbours: how many nearest other deltas the score averages over
+    max_ratio: float = 3.0      # neighbours: flag above this many times the round's median score
+    norm_ratio_max: float = 10.0  # neighbours: also flag a delta norm above this x the median norm
+    max_flag_frac: float = 0.0  # >0: flag at most floor(max_flag_frac * n) updates per round
+
+    def __post_init__(self):
+        if self.method not in SCREEN_METHODS:
+            raise LearningError(f"screening method must be one of {SCREEN_METHODS}, got {self.method!r}")
+        if self.k_neighbours < 1:
+            raise LearningError(f"k_neighbours must be >= 1, got {self.k_neighbours}")
+        if not 0.0 <= self.max_flag_frac <= 1.0:
+            raise LearningError(f"max_flag_frac must be in [0, 1], got {self.max_flag_frac}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,7 +131,24 @@ def screen(updates: Sequence[np.ndarray], reference: np.ndarray | None = None,
     reasons_c: list[list[str]] = [[] for _ in range(n)]
     zn = robust_z(norm) if n >= config.min_updates else np.zeros(n)
     zd = robust_z(dist) if n >= config.min_updates else np.zeros(n)
-    if n >= config.min_updates:
+    nbr = np.zeros(n)                  # neighbour ratio (method "neighbours")
+    priority = np.zeros(n)             # who is flagged first when max_flag_frac caps the flags
+    if n >= config.min_updates and config.method == "neighbours":
+        k = min(config.k_neighbours, n - 1)
+        D = np.sqrt(np.maximum(_pairwise_sq(deltas), 0.0))
+        near = np.array([np.sort(np.delete(D[i], i))[:k].mean() for i in range(n)])
+        med_near, med_n = float(np.median(near)), float(np.median(norm))
+        nbr = near / med_near if med_near > 0 else np.where(near > 0, np.inf, 0.0)
+        nrat = norm / med_n if med_n > 0 else np.where(norm > 0, np.inf, 0.0)
+        for i in range(n):
+            if nbr[i] > config.max_ratio:
+                reasons_c[i].append(f"{nbr[i]:.1f}x the median distance to its {k} nearest updates")
+            if nrat[i] > config.norm_ratio_max:
+                reasons_c[i].append(f"norm {norm[i]:.4g} is {nrat[i]:.1f}x the median")
+            flagged_c[i] = bool(reasons_c[i])
+        priority = np.maximum(nbr, nrat)
+    elif n >= config.min_updates:
+        priority = np.maximum(zn, zd)
         med_n, med_d = np.median(norm), np.median(dist)
         for i in range(n):
             if zn[i] > config.z_max and norm[i] >= config.min_ratio * med_n:
@@ -110,6 +158,12 @@ def screen(updates: Sequence[np.ndarray], reference: np.ndarray | None = None,
             if cos[i] < config.min_cosine and norm[i] >= config.min_ratio * med_n:
                 reasons_c[i].append(f"cosine to the centre's direction {cos[i]:.2f}")
             flagged_c[i] = bool(reasons_c[i])
+    if config.max_flag_frac > 0:
+        cap = int(np.floor(config.max_flag_frac * n))
+        ranked = sorted(np.flatnonzero(flagged_c).tolist(), key=lambda c: (-priority[c], c))
+        for c in ranked[cap:]:                     # canonical index c breaks ties
+            flagged_c[c] = False
+            reasons_c[c].append(f"not flagged: at most {cap} flags per round (max_flag_frac)")
 
     flagged = [False] * n
     scores: list[dict] = [{} for _ in range(n)]
@@ -117,5 +171,5 @@ def screen(updates: Sequence[np.ndarray], reference: np.ndarray | None = None,
         flagged[i] = bool(flagged_c[c])
         scores[i] = {"norm": float(norm[c]), "distance": float(dist[c]), "cosine": float(cos[c]),
                      "z_norm": float(zn[c]), "z_distance": float(zd[c]),
-                     "reasons": reasons_c[c]}
+                     "neighbour_ratio": float(nbr[c]), "reasons": reasons_c[c]}
     return ScreenResult(flagged=flagged, scores=scores, centre=centre.astype(np.float32))

@@ -168,6 +168,12 @@ def _factory(name: str, **defaults) -> Callable[..., Strategy]:
     return make
 
 
+#: screening of the "screened-*" strategies: isolation from the nearest other updates (robust to
+#: the clusters label skew makes), at most 20 % of a round's updates flagged (the assumed bound on
+#: malicious nodes); measured in benchmarks/results/experiments_attacks.md
+NEIGHBOUR_SCREEN = ScreenConfig(method="neighbours", k_neighbours=2, max_ratio=3.0,
+                                norm_ratio_max=10.0, max_flag_frac=0.2)
+
 #: name -> factory(**overrides) -> Strategy
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "fedavg": _factory("fedavg", rule="fedavg"),
@@ -175,10 +181,10 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "trimmed-mean": _factory("trimmed-mean", rule="trimmed-mean", params={"beta": 0.2}),
     "krum": _factory("krum", rule="krum", params={"f_frac": 0.2}),
     "multi-krum": _factory("multi-krum", rule="multi-krum", params={"f_frac": 0.2}),
-    "screened-fedavg": _factory("screened-fedavg", rule="fedavg", screening=ScreenConfig()),
+    "screened-fedavg": _factory("screened-fedavg", rule="fedavg", screening=NEIGHBOUR_SCREEN),
     "clipped-fedavg": _factory("clipped-fedavg", rule="fedavg", clip_factor=2.0),
     "screened-multi-krum": _factory("screened-multi-krum", rule="multi-krum",
-                                    params={"f_frac": 0.2}, screening=ScreenConfig()),
+                                    params={"f_frac": 0.2}, screening=NEIGHBOUR_SCREEN),
 }
 
 

@@ -21,6 +21,7 @@ from chainfl.aggregation.screening import ScreenConfig, screen
 from chainfl.errors import LearningError
 
 WEIGHTINGS = ("samples", "uniform")
+KRUM_MIN_UPDATES = 3   # krum / multi-krum with fewer updates (after screening) average them all
 
 
 @dataclass(frozen=True)
@@ -134,13 +135,19 @@ class Strategy:
 
         # 3. the rule; which updates it actually used
         p = self._rule_params(len(kv))
-        if self.rule in ("krum", "multi-krum"):
+        if self.rule in ("krum", "multi-krum") and len(kv) < KRUM_MIN_UPDATES:
+            # Krum cannot rank fewer than 3 updates (each needs >= 1 neighbour besides itself and
+            # the f excluded): nothing to select among, so the round is their (weighted) mean
+            used = keep
+            vec = R.fedavg(kv, kw, kk)
+        elif self.rule in ("krum", "multi-krum"):
             m = 1 if self.rule == "krum" else p.get("m")
             sel = R.multi_krum_select(kv, p["f"], m, kk, kw)
             used = [keep[i] for i in sel]
+            vec = R.RULES[self.rule](kv, kw, kk, **p)
         else:
             used = keep
-        vec = R.RULES[self.rule](kv, kw, kk, **p)
+            vec = R.RULES[self.rule](kv, kw, kk, **p)
 
         # 4. server step (+ heavy-ball momentum from the previous global model)
         if self.server_lr != 1.0 or (self.server_momentum and previous is not None):

@@ -112,3 +112,20 @@ def test_screened_fedavg_drops_a_boosted_node_and_keeps_the_honest_minority():
     assert {f"n{i:02d}" for i in range(16, 20)} <= set(res.included)
     clean = [u for u in updates if u.node != "n01"]
     assert res.vector.tobytes() == get_strategy("fedavg").aggregate(clean, ref).vector.tobytes()
+
+
+@pytest.mark.parametrize("name", ["multi-krum", "krum", "screened-multi-krum"])
+def test_krum_strategies_work_with_one_or_two_nodes(name):
+    # a federated task with 1-2 nodes must still aggregate: their weighted mean (nothing to rank)
+    ref = np.zeros(3, np.float32)
+    ups = [Update("a", b"a", np.array([1, 2, 3], np.float32), 1),
+           Update("b", b"b", np.array([4, 5, 6], np.float32), 2)]
+    res = get_strategy(name).aggregate(ups, reference=ref)
+    np.testing.assert_allclose(res.vector, [3, 4, 5])
+    assert res.included == ["a", "b"]
+    assert get_strategy(name).aggregate(ups[:1], reference=ref).vector.tolist() == [1, 2, 3]
+    # with enough updates Krum selects again (the far one is left out)
+    ups += [Update("c", b"c", np.array([2, 3, 4], np.float32), 1),
+            Update("d", b"d", np.array([3, 4, 5], np.float32), 1),
+            Update("e", b"e", np.array([400, 500, 600], np.float32), 1)]
+    assert "e" not in get_strategy(name).aggregate(ups, reference=ref).included

@@ -141,6 +141,7 @@ def run_federated(s: Setup, model_cfg: ModelConfig, train_cfg: TrainConfig, fc: 
         if fc.attack.kind != "none" else set()
     data = [(X, poison_labels(fc.attack, y) if k in bad else y) for k, (X, y) in enumerate(s.parts)]
     caught = missed = false_flags = honest_seen = 0
+    w_caught = w_bad = 0.0          # the same, weighted by the FedAvg weight (claimed samples)
     curve = []
     t0 = time.perf_counter()
     for r in range(1, fc.rounds + 1):
@@ -173,6 +174,8 @@ def run_federated(s: Setup, model_cfg: ModelConfig, train_cfg: TrainConfig, fc: 
             if k in bad:
                 caught += name in flagged
                 missed += name not in flagged
+                w_bad += len(data[k][1])
+                w_caught += len(data[k][1]) * (name in flagged)
             else:
                 honest_seen += 1
                 false_flags += name in flagged
@@ -186,6 +189,7 @@ def run_federated(s: Setup, model_cfg: ModelConfig, train_cfg: TrainConfig, fc: 
     m = test_metrics(model_cfg, state, s)
     m.update({"round_s": secs, "curve": curve, "diverged": None,
               "detect_rate": caught / max(1, caught + missed) if bad else None,
+              "detect_rate_weighted": w_caught / w_bad if bad and w_bad else None,
               "false_flag_rate": false_flags / max(1, honest_seen), "screen_probe": probe is not None})
     return m
 
@@ -233,12 +237,53 @@ def mean_std(values: Sequence[float | None]) -> str:
     return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
 
 
+def _drop_points(base: Sequence[dict], other: Sequence[dict]) -> float:
+    """100 x mean over seeds of (base F1 - other F1), seed by seed; NaN if any run diverged."""
+    return 100 * statistics.mean(b["f1"] - o["f1"] for b, o in zip(base, other))
+
+
 def _paired_drop(base: Sequence[dict], other: Sequence[dict]) -> str:
-    """100 x mean over seeds of (base F1 - other F1), seed by seed; "diverged" if any is NaN."""
-    diffs = [b["f1"] - o["f1"] for b, o in zip(base, other)]
-    if any(math.isnan(d) for d in diffs):
-        return "diverged"
-    return f"{100 * statistics.mean(diffs):+.1f}"
+    d = _drop_points(base, other)
+    return "diverged" if math.isnan(d) else f"{d:+.1f}"
+
+
+def _verdicts(results: dict, strategies: Sequence[str], attacks: Sequence[AttackConfig],
+              detect: dict) -> list[str]:
+    """Computed notes: the issue's targets checked against this run's numbers."""
+    out = []
+    clean_fed = results.get(("fedavg", "none"))
+    defences = [st for st in strategies if st != "fedavg"]
+    for attack in attacks:
+        if attack.kind == "none" or not defences:
+            continue
+        f1 = {st: float(np.nanmean([r["f1"] for r in results[(st, attack.kind)]]))
+              if not all(math.isnan(r["f1"]) for r in results[(st, attack.kind)]) else float("nan")
+              for st in defences}
+        best = max(defences, key=lambda st: (-math.inf if math.isnan(f1[st]) else f1[st]))
+        own = _drop_points(results[(best, "none")], results[(best, attack.kind)])
+        line = (f"Computed verdict, {attack.kind}: best defence by F1 is {best} ({f1[best]:.3f}), "
+                f"{own:+.1f} F1 points vs its own clean run")
+        ok = own <= 3
+        if clean_fed is not None:
+            fed = _drop_points(clean_fed, results[(best, attack.kind)])
+            line += f", {fed:+.1f} vs clean FedAvg"
+            ok = ok and fed <= 3
+            plain = _drop_points(clean_fed, results[("fedavg", attack.kind)]) \
+                if ("fedavg", attack.kind) in results else None
+            if plain is not None:
+                line += ("; plain FedAvg diverged" if math.isnan(plain) else
+                         f"; plain FedAvg {plain:+.1f} vs its clean run")
+        out.append(line + f" -> within 3 points: {'yes' if ok else 'no'}.")
+    for st, kind in detect:
+        if kind != "boosted" or ("none" not in [a.kind for a in attacks]) or (st, "none") not in detect:
+            continue
+        caught, ff = detect[(st, kind)]
+        ff_clean = detect[(st, "none")][1]
+        met = caught >= 0.90 and ff <= 0.05 and ff_clean <= 0.05
+        out.append(f"Computed verdict, screening ({st}): {100 * caught:.1f} % of boosted updates caught, "
+                   f"{100 * ff:.1f} % honest false flags under attack, {100 * ff_clean:.1f} % in clean runs "
+                   f"-> target (>= 90 % caught, <= 5 % false flags): {'met' if met else 'not met'}.")
+    return out
 
 
 def _mean(values) -> float:
@@ -272,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     log = lambda *a: print(f"[{time.perf_counter() - t_start:7.1f}s]", *a, flush=True)  # noqa: E731
 
     setups = {sd: prepare(sd, args.nodes, "dirichlet", args.alpha) for sd in args.seeds}
-    tables, raw, headline = [], {}, {}
+    tables, raw, headline, attack_notes = [], {}, {}, []
     fed_clean = FedConfig(rounds=args.rounds, strategy_overrides=MOMENTUM)
     central = replace(CENTRAL_TRAIN, epochs=args.central_epochs)
 
@@ -356,14 +401,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                  "gaussian-noise": AttackConfig("gaussian-noise", 0.2, sigma=0.5),
                  "free-rider": AttackConfig("free-rider", 0.2)}
         attacks = [known[a] for a in args.attacks]
-        rows, detect_rows, results = [], [], {}
+        rows, detect_rows, results, detect = [], [], {}, {}
         for st in strategies:
             row = [st]
             for attack in attacks:
                 fc = FedConfig(rounds=args.attack_rounds, strategy=st, strategy_overrides=MOMENTUM, attack=attack)
                 res = [run_federated(setups[sd], MODEL, FED_TRAIN, fc) for sd in args.seeds]
-                raw[f"attack_{st}_{attack.kind}"] = [{k: r[k] for k in ("f1", "detect_rate", "false_flag_rate",
-                                                                        "diverged")} for r in res]
+                raw[f"attack_{st}_{attack.kind}"] = [{k: r.get(k) for k in (
+                    "f1", "detect_rate", "detect_rate_weighted", "false_flag_rate", "diverged")} for r in res]
                 div = [r["diverged"] for r in res if r["diverged"]]
                 cell = mean_std([r["f1"] for r in res])
                 if div:
@@ -371,8 +416,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         ("" if cell == "–" else f"; others {cell}")
                 row.append(cell)
                 results[(st, attack.kind)] = res
+                if not div and not res[0].get("screen_probe"):
+                    detect[(st, attack.kind)] = (_mean([r["detect_rate"] for r in res]) if attack.kind != "none"
+                                                 else None, _mean([r["false_flag_rate"] for r in res]))
                 detect_rows.append([st + (" (probe)" if res[0].get("screen_probe") else ""), attack.kind,
                                     "–" if attack.kind == "none" or div else f"{_mean([r['detect_rate'] for r in res]):.3f}",
+                                    "–" if attack.kind == "none" or div else f"{_mean([r['detect_rate_weighted'] for r in res]):.3f}",
                                     "–" if div else f"{_mean([r['false_flag_rate'] for r in res]):.3f}"])
                 log(st, attack.kind, row[-1])
             rows.append(row)
@@ -398,7 +447,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         tables.append(Table("Screening: share of malicious updates flagged (caught) / honest updates flagged "
                             "(false flags), over all rounds and seeds; \"(probe)\" = the screened-fedavg "
                             "screening scored on that strategy's trajectory without excluding anything",
-                            ["strategy", "attack", "caught", "false flags"], detect_rows))
+                            ["strategy", "attack", "caught", "caught, weighted by claimed samples",
+                             "false flags"], detect_rows))
+        attack_notes = _verdicts(results, strategies, attacks,
+                                 {k: v for k, v in detect.items() if get_strategy(k[0]).screening is not None})
 
     notes = [
         "F1 = positive-class (fraud) F1 on the 20 % test split at the threshold maximising F1 on the "
@@ -407,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "Federated runs use chainfl.learning.batched.train_many (tested equal to train_local to ~1e-5).",
         f"Total wall time {time.perf_counter() - t_start:.0f} s on a machine shared with other jobs "
         "(s/round numbers include that contention).",
-    ]
+    ] + attack_notes
     path = write_results(args.name, "chainfl learning experiments (in-process, no chain)", tables,
                          headline=headline, notes=notes, extra={"raw": raw})
     log("wrote", path)

@@ -23,7 +23,7 @@ Pure and deterministic: same updates in any order -> same flags (reported in the
 An update is flagged when its neighbour ratio exceeds ``max_ratio``, or when its delta norm is more
 than ``norm_ratio_max`` times the round's median norm (so that colluders sending near-identical
 boosted vectors, who are each other's neighbours, are still caught), with at most
-``floor(max_flag_frac * n)`` flags per round (kept: highest ``max(neighbour ratio, norm ratio)``;
+``max(1, floor(max_flag_frac * n))`` flags per round (kept: highest ``max(neighbour ratio, norm ratio)``;
 the centre method ranks by ``max(z_norm, z_distance)``). Why: under label skew
 the honest updates are not one cloud around a centre but several (a handful of nodes holding
 almost only the positive class move the model in their own direction, together), so distance to a
@@ -64,7 +64,7 @@ class ScreenConfig:
     k_neighbours: int = 2       # neighbours: how many nearest other deltas the score averages over
     max_ratio: float = 3.0      # neighbours: flag above this many times the round's median score
     norm_ratio_max: float = 10.0  # neighbours: also flag a delta norm above this x the median norm
-    max_flag_frac: float = 0.0  # >0: flag at most floor(max_flag_frac * n) updates per round
+    max_flag_frac: float = 0.0  # >0: flag at most max(1, floor(max_flag_frac * n)) per round
 
     def __post_init__(self):
         if self.method not in SCREEN_METHODS:
@@ -163,7 +163,7 @@ def screen(updates: Sequence[np.ndarray], reference: np.ndarray | None = None,
                 reasons_c[i].append(f"cosine to the centre's direction {cos[i]:.2f}")
             flagged_c[i] = bool(reasons_c[i])
     if config.max_flag_frac > 0:
-        cap = int(np.floor(config.max_flag_frac * n))
+        cap = max(1, int(np.floor(config.max_flag_frac * n)))     # a 4-node round may still flag one
         ranked = sorted(np.flatnonzero(flagged_c).tolist(), key=lambda c: (-priority[c], c))
         for c in ranked[cap:]:                     # canonical index c breaks ties
             flagged_c[c] = False

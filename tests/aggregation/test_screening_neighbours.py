@@ -129,3 +129,10 @@ def test_krum_strategies_work_with_one_or_two_nodes(name):
             Update("d", b"d", np.array([3, 4, 5], np.float32), 1),
             Update("e", b"e", np.array([400, 500, 600], np.float32), 1)]
     assert "e" not in get_strategy(name).aggregate(ups, reference=ref).included
+
+
+def test_the_flag_cap_still_allows_one_flag_in_a_small_round():
+    ref, ups = skewed_round(n_major=4, n_minor=0)
+    ups[0] = A.boosted(ups[0], ref, 10)
+    res = screen(ups, ref, NEIGHBOUR_SCREEN)               # floor(0.2 * 4) = 0, but one is allowed
+    assert res.flagged == [True, False, False, False]

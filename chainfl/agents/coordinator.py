@@ -26,7 +26,6 @@ chain is:
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 
@@ -282,11 +281,8 @@ class Coordinator:
         return "closed"
 
     def _close(self, release) -> None:
-        params = inspect.signature(self.registry.close_task).parameters
-        if len(params) > 2:      # closeTask(taskId, releaseDigest, releaseCid)
-            self.registry.close_task(self.task_id, release.digest, release.cid, self.account)
-        else:
-            self.registry.close_task(self.task_id, self.account)
+        """closeTask records the release's digest + CID in TaskClosed (the auditable end point)."""
+        self.registry.close_task(self.task_id, release.digest, release.cid, self.account)
 
     def _load(self, digest: bytes):
         cid = self.follower.history.cid_of(digest)

@@ -7,7 +7,6 @@ and recorded by digest + CID exactly as the agents do.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,11 +33,6 @@ def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     X[:, 0] += 2.0 * y
     X[:, 1] += 1.5 * y
     return X, y
-
-
-def closes_with_release(registry: Registry) -> bool:
-    """True once the contract's closeTask records a release digest + CID."""
-    return len(inspect.signature(registry.close_task).parameters) >= 4
 
 
 @dataclass
@@ -86,13 +80,10 @@ def release_meta(spec: TaskSpec, threshold: float) -> dict:
 
 def _close(rec: Recorded, state) -> None:
     rec.final_state = state
-    if closes_with_release(rec.registry):
-        blob = encode_model(state, release_meta(rec.spec, rec.threshold))
-        d, cid = _put(rec.store, blob)
-        rec.registry.close_task(rec.task_id, d, cid, rec.coordinator)
-        rec.release = (d, cid)
-    else:
-        rec.registry.close_task(rec.task_id, rec.coordinator)
+    blob = encode_model(state, release_meta(rec.spec, rec.threshold))
+    d, cid = _put(rec.store, blob)
+    rec.registry.close_task(rec.task_id, d, cid, rec.coordinator)
+    rec.release = (d, cid)
 
 
 def record_chained(chain, store, n_nodes: int = 3, rounds: int = 2, seed: int = 0, reject_at: int | None = None,

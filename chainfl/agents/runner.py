@@ -58,7 +58,7 @@ class RunConfig:
     mode: str = "chained"            # "chained" (model travels node to node) or "federated"
     nodes: int = 5                   # node accounts (dev accounts 1..nodes; 0 coordinates)
     rounds: int = 3                  # chained: passes over all nodes; federated: rounds
-    strategy: str = "fedavg"         # federated aggregation strategy (aggregation.STRATEGIES)
+    strategy: str = "screened-fedavg"  # federated aggregation strategy (aggregation.STRATEGIES); flags go on chain
     gate: bool = True                # chained: validation gate on incoming models
     partition: str = "iid"           # iid | dirichlet | quantity | blocks
     alpha: float = 0.5               # dirichlet / quantity concentration

@@ -32,7 +32,7 @@ def _write_atomic(path: str, obj) -> None:
 @click.option("--stats", "stats_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Per-node statistics from `chainfl node stats` (repeat --stats for each node).")
 @click.option("--rounds", type=int, default=3, show_default=True)
-@click.option("--strategy", default="fedavg", show_default=True, help="Federated aggregation strategy.")
+@click.option("--strategy", default="screened-fedavg", show_default=True, help="Federated aggregation strategy.")
 @click.option("--no-gate", is_flag=True, help="Chained: no validation gate.")
 @click.option("--epochs", type=int, default=2, show_default=True)
 @click.option("--hidden", default="32,16", show_default=True, help="Hidden layer widths of the MLP.")

@@ -52,7 +52,7 @@ def _f(v) -> str:
 @click.option("--nodes", type=int, default=5, show_default=True, help="Node accounts (data holders).")
 @click.option("--rounds", type=int, default=3, show_default=True,
               help="Chained: passes over all nodes; federated: rounds.")
-@click.option("--strategy", default="fedavg", show_default=True,
+@click.option("--strategy", default="screened-fedavg", show_default=True,
               help="Federated aggregation strategy (fedavg, median, trimmed-mean, krum, multi-krum, "
                    "screened-fedavg, clipped-fedavg, screened-multi-krum).")
 @click.option("--no-gate", is_flag=True, help="Chained: accept every incoming model (no validation gate).")

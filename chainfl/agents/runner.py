@@ -67,8 +67,8 @@ class RunConfig:
     dataset: str = "simulate"        # simulate | eth_fraud | csv
     data: str | None = None          # CSV path (dataset="csv")
     label: str | None = None         # label column of the CSV
-    accounts: int = 150              # simulated accounts on the training-data chain
-    eval_accounts: int = 60          # simulated accounts on the new (evaluation) chain
+    accounts: int = 400              # simulated accounts on the training-data chain (~60 s embedded)
+    eval_accounts: int = 200         # simulated accounts on the new (evaluation) chain
     test_fraction: float = 0.2       # held-out test share for eth_fraud / csv
     val_fraction: float = 0.2        # each node's validation share
     model: str = "mlp"               # mlp | logreg

@@ -67,8 +67,9 @@ def _f(v) -> str:
 @click.option("--label", default=None, help="Label column of --data.")
 @click.option("--dataset", type=click.Choice(["simulate", "eth_fraud"]), default=None,
               help="eth_fraud: the real labelled dataset in CHAINFL_DATA_DIR.")
-@click.option("--accounts", type=int, default=150, show_default=True, help="Simulated accounts (training data).")
-@click.option("--eval-accounts", type=int, default=60, show_default=True, help="Simulated accounts (new chain).")
+@click.option("--accounts", type=int, default=400, show_default=True,
+              help="Simulated accounts (training data); 400 is what the embedded chain lands in ~60 s (benchmarks/results/simulate.md).")
+@click.option("--eval-accounts", type=int, default=200, show_default=True, help="Simulated accounts (new chain), simulated in parallel.")
 @click.option("--epochs", type=int, default=2, show_default=True, help="Local epochs per visit/round.")
 @click.option("--lr", type=float, default=1e-2, show_default=True,
               help="Local learning rate (long chained runs need less, e.g. 5e-4 for 50 nodes x 20 rounds).")

@@ -94,7 +94,7 @@ class NodeAgent:
 
     def __init__(self, registry, store, account, task_id: int, data: LocalData, *,
                  reports=None, attack: AttackConfig | None = None, start_block: int = 0,
-                 fetch_timeout: float = 30.0):
+                 fetch_timeout: float = 30.0, fetch_patience: float = 300.0):
         self.registry = registry
         self.chain = registry.chain
         self.store = store
@@ -105,6 +105,10 @@ class NodeAgent:
         self.reports = reports
         self.attack = attack if attack is not None and attack.kind != "none" else None
         self.fetch_timeout = fetch_timeout
+        # a blob that is merely not (yet) retrievable is retried for this long before the
+        # incoming model is rejected; a blob that fails verification is rejected at once
+        self.fetch_patience = fetch_patience
+        self._missing_since: dict[bytes, float] = {}
         self.follower = EventFollower(registry, task_id, start_block=start_block)
         fast_calls(self.chain)
         self.spec = None
@@ -187,6 +191,8 @@ class NodeAgent:
         rejected = False
         if task.head != task.accepted:
             ok, reason, head_state = self._check_incoming(task)
+            if ok is None:
+                return "waiting"     # incoming blob not retrievable yet; retried next poll
             if not ok:
                 try:
                     self.registry.reject_handoff(self.task_id, task.head, reason[:200], self.account)
@@ -231,7 +237,13 @@ class NodeAgent:
         except (IntegrityError, CodecError) as e:
             return False, f"blob failed verification: {type(e).__name__}: {e}", None
         except BlobNotFoundError as e:
-            return False, f"blob not retrievable: {e}", None
+            first = self._missing_since.setdefault(task.head, time.monotonic())
+            waited = time.monotonic() - first
+            if waited < self.fetch_patience:
+                log.info("%s: incoming model 0x%s not retrievable yet (%s); retrying (%.0f of %.0f s)",
+                         self, task.head.hex()[:12], e, waited, self.fetch_patience)
+                return None, "", None
+            return False, f"blob not retrievable for {waited:.0f} s: {e}", None
         if self._gate is None:
             return True, "no gate", head_state
         accepted_state = self._load(task.accepted)

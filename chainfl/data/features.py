@@ -268,6 +268,9 @@ def extract_features(w3, from_block: int | None = None, to_block: int | None = N
     to_block = latest if to_block is None else int(to_block)
     if from_block < 0 or to_block > latest:
         raise DataError(f"block range {from_block}..{to_block} is outside the chain (latest block {latest})")
+    if from_block > to_block + 1:   # from == to + 1 is a resume with nothing new, which is fine
+        raise DataError(f"block range {from_block}..{to_block} is empty: the first block is after the last "
+                        f"(latest block {latest}); pass --from-block <= --to-block")
     from tqdm import tqdm
 
     bar = tqdm(total=max(0, to_block - from_block + 1), unit="block", desc="features",

@@ -104,8 +104,18 @@ def load_eth_fraud(path: str | Path | None = None, missing_flag: bool = False) -
     if absent:
         raise DataError(f"{path}: not the eth_fraud dataset, columns {absent} are missing",
                         path=str(path), column=absent[0])
-    frame = frame.drop_duplicates(subset=schema.ADDRESS, keep="first").reset_index(drop=True)
-    features = frame[list(schema.FEATURES)].apply(pd.to_numeric, errors="raise").astype(np.float64)
+    frame = frame.drop_duplicates(subset=schema.ADDRESS, keep="first")
+    raw = frame[list(schema.FEATURES)]
+    features = raw.apply(pd.to_numeric, errors="coerce").astype(np.float64)
+    bad = (features.isna() & raw.notna()).to_numpy()
+    if bad.any():
+        r, c = (int(v[0]) for v in np.nonzero(bad))
+        line = int(frame.index[r]) + 2          # the original row -> its line in the file (header = line 1)
+        column = str(raw.columns[c])
+        raise DataError(f"{path}: column {column!r} line {line}: {raw.iloc[r, c]!r} is not a number; "
+                        f"fix or blank that cell", path=str(path), column=column, row=line)
+    frame = frame.reset_index(drop=True)
+    features = features.reset_index(drop=True)
     erc20_empty = features[list(schema.ERC20_FEATURES)].isna().all(axis=1).to_numpy()
     features = features.fillna(0.0)
     constant = [c for c in features.columns if features[c].nunique(dropna=False) <= 1]

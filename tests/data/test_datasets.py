@@ -37,6 +37,20 @@ def test_missing_flag_marks_exactly_the_empty_erc20_rows(real_data_dir, eth):
     np.testing.assert_array_equal(flagged.X[:, :-1], eth.X)  # otherwise identical
 
 
+def test_a_corrupt_cell_in_the_real_file_is_named_by_column_and_line(real_data_dir, tmp_path):
+    source = (real_data_dir / "eth_fraud" / "transaction_dataset.csv").read_bytes().split(b"\r\n")
+    header = [c.decode() for c in source[0].split(b",")]
+    col = header.index(" Total ERC20 tnxs")
+    cells = source[5].split(b",")              # line 6 of the file (header is line 1)
+    cells[col] = b"abc"
+    source[5] = b",".join(cells)
+    copy = tmp_path / "transaction_dataset.csv"
+    copy.write_bytes(b"\r\n".join(source))
+    with pytest.raises(DataError, match=r"column 'Total ERC20 tnxs' line 6: 'abc' is not a number") as e:
+        load_eth_fraud(copy)
+    assert e.value.row == 6 and e.value.column == "Total ERC20 tnxs" and e.value.path == str(copy)
+
+
 def test_default_path_comes_from_data_dir(real_data_dir, monkeypatch):
     monkeypatch.setenv("CHAINFL_DATA_DIR", str(real_data_dir))
     assert len(load_eth_fraud()) == 9816

@@ -42,7 +42,7 @@ from chainfl.agents.reports import MemoryReportBox
 from chainfl.agents.setup import build_spec, open_registry
 from chainfl.agents.threshold import merge_histograms, score_histogram, threshold_from_histogram
 from chainfl.aggregation.attacks import ATTACKS, AttackConfig, choose_malicious
-from chainfl.data.partition import partition
+from chainfl.data.partition import format_summary, partition
 from chainfl.errors import AgentError, ConfigError
 from chainfl.learning.evaluate import metrics_from_scores, predict_scores
 
@@ -313,6 +313,9 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
         if cfg.nodes > len(data.y):
             raise ConfigError(f"{cfg.nodes} nodes but only {len(data.y)} training rows; use fewer nodes")
         parts = partition(data.y, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed, order=data.order)
+        if progress:
+            print(f"partition ({cfg.partition}) over {cfg.nodes} nodes:\n{format_summary(parts, data.y)}",
+                  file=sys.stderr)
         locals_ = [LocalData.split(data.X[p], data.y[p], data.feature_names, cfg.val_fraction, cfg.seed + i)
                    for i, p in enumerate(parts)]
         accounts = [chain.account(i + 1) for i in range(cfg.nodes)]
@@ -321,8 +324,8 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
                           stats=[d.stats() for d in locals_], hidden=cfg.hidden, model_kind=cfg.model,
                           epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, strategy=cfg.strategy,
                           gate=cfg.gate, seed=cfg.seed, round_seconds=cfg.round_seconds)
+        attack = AttackConfig(kind=cfg.attack, fraction=cfg.malicious_fraction, seed=cfg.seed)  # validates
         malicious = choose_malicious(cfg.nodes, cfg.malicious_fraction, cfg.seed) if cfg.attack != "none" else []
-        attack = AttackConfig(kind=cfg.attack, fraction=cfg.malicious_fraction, seed=cfg.seed)
 
         # 4. the task on chain
         t = time.monotonic()

@@ -57,6 +57,8 @@ class AttackConfig:
 
 def choose_malicious(n_nodes: int, fraction: float, seed: int = 0) -> list[int]:
     """Sorted indices of ``round(fraction * n_nodes)`` nodes drawn without replacement by seed."""
+    if not 0.0 <= fraction <= 1.0:
+        raise LearningError(f"malicious fraction must be in [0, 1], got {fraction}")
     k = int(round(fraction * n_nodes))
     rng = np.random.default_rng([int(seed), 0xA77AC])
     return sorted(int(i) for i in rng.choice(n_nodes, size=k, replace=False)) if k else []

@@ -61,7 +61,8 @@ def _f(v) -> str:
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Dirichlet/quantity concentration.")
 @click.option("--attack", type=click.Choice(["none", "label-flip", "boosted", "sign-flip", "noise",
                                              "gaussian-noise", "free-rider"]), default="none", show_default=True)
-@click.option("--malicious-fraction", type=float, default=0.2, show_default=True)
+@click.option("--malicious-fraction", type=click.FloatRange(0.0, 1.0), default=0.2, show_default=True,
+              help="Share of the nodes that attack (with --attack).")
 @click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Train on a labelled CSV instead of a simulation (needs --label).")
 @click.option("--label", default=None, help="Label column of --data.")

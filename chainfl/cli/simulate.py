@@ -16,7 +16,7 @@ from chainfl.errors import ConfigError, DataError
 
 @click.command("simulate")
 @rpc_option
-@click.option("--accounts", "n_accounts", type=int, default=200, show_default=True,
+@click.option("--accounts", "n_accounts", type=int, default=400, show_default=True,
               help="Simulated accounts (each labelled normal or anomalous); at least 30.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Derives the accounts and every choice; a new seed on a fresh chain is a new blockchain.")

@@ -184,8 +184,16 @@ class Coordinator:
                 continue
             updates.append(Update(node=node, digest=ev["digest"], state_vec=flatten(state),
                                   n_samples=int(ev["samples"])))
+        previous = None     # the global model of the round before (server momentum); None in round 1
+        if strategy.server_momentum and r > 1:
+            opened = hist.rounds.get(r - 1)
+            if opened is None:
+                raise AgentError(f"task {self.task_id} round {r}: the previous round's RoundOpened event was "
+                                 f"not read (server momentum needs its global model); attach from an "
+                                 f"earlier block (e.g. 0)")
+            previous = flatten(self._load(opened["globalModel"]))
         try:
-            result = strategy.aggregate(updates, reference=reference)
+            result = strategy.aggregate(updates, reference=reference, previous=previous)
         except LearningError as e:
             raise AgentError(f"task {self.task_id} round {r}: cannot aggregate {len(updates)} update(s): {e}") from e
         to_flag = dict(broken)

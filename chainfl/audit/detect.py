@@ -63,11 +63,18 @@ class Release:
                 "feature_names": list(self.feature_names)}
 
 
+def same_json(a, b) -> bool:
+    """Equal as canonical JSON (tuples and lists alike, key order ignored)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
 def release_from_blob(blob: bytes, *, task_id: int, cid: str, spec=None, source: str = "release") -> Release:
     """Pure: a verified blob (+ the task spec for fallbacks) -> :class:`Release`.
 
-    The model config, scaler and feature names come from the blob's meta, else from ``spec``; the
-    threshold from the meta, else 0.5 (only for ``source != "release"``: a release must carry one).
+    With ``spec`` (the verified task spec) the model config, scaler and feature names come from
+    the spec, and a meta that states different ones is refused; without it, from the blob's meta.
+    The threshold comes from the meta, else 0.5 (only for ``source != "release"``: a release must
+    carry one).
     """
     from chainfl.data.scaling import Scaler
     from chainfl.learning.models import ModelConfig, expected_shapes
@@ -77,7 +84,10 @@ def release_from_blob(blob: bytes, *, task_id: int, cid: str, spec=None, source:
 
     def pick(key: str, spec_value):
         value = meta.get(key)
-        if not value and spec is not None:
+        if spec is not None and spec_value:
+            if value and not same_json(value, spec_value):
+                raise ModelRefusedError(f"task {task_id}: the {source} {cid} states a {key!r} different from "
+                                        f"the task spec's; it is not used to score accounts")
             value = spec_value
         if not value:
             raise ModelRefusedError(f"task {task_id}: the {source} {cid} has no {key!r} in its meta and the "

@@ -12,11 +12,17 @@ What is checked (each failure is a :class:`Violation` naming the round/seq, the 
   accepted model; a skip names the node whose turn it was and comes from the coordinator;
 * **federated rounds** — rounds follow each other on the previous aggregate, every update's parent
   is the round's global model, flags and included nodes refer to submitted updates, and **every
-  aggregate is recomputed** from the recorded updates with the task's recorded strategy and
-  compared byte for byte (the recomputed weights are encoded with the recorded blob's meta);
+  aggregate is recomputed** with the task's recorded strategy (server momentum from the previous
+  round's global model) the way an honest coordinator makes it: from *all* verifiable updates of a
+  prefix, in (block, log index) order, of the round's submissions, compared byte for byte (the
+  recomputed weights are encoded with the recorded blob's meta), with the on-chain included and
+  flagged nodes equal to the strategy's (plus unreadable updates, flagged) and no later submission
+  included or flagged — an update left out without a flag, or flagged without the strategy
+  flagging it, is a violation naming the node and its CID;
 * **final state** — the replayed head/accepted/seq/turn equal the contract's current task view
   (catches state changed without an event, e.g. a dev chain's storage overwritten);
-* **release** — the published release's weights equal the final model's.
+* **release** — the published release's weights equal the final model's, and its meta's scaler,
+  feature names and model config equal the task spec's (detection uses them).
 
 :func:`verify_history` is the pure-ish core (store reads only); :func:`chainfl.audit.audit_task`
 adds the chain reads.
@@ -379,6 +385,7 @@ class _Auditor:
                     self.violate("spec-invalid", f"strategy {self.spec.strategy} cannot be rebuilt: {e}",
                                  node=c.coordinator, cid=c.config_cid)
         previous = 0
+        prev_global = None          # (digest, cid) of the global model of the round before
         for r in self.h.rounds:
             where = dict(round=r.round, node=c.coordinator)
             if r.round != previous + 1:
@@ -435,13 +442,14 @@ class _Auditor:
                     self.violate("included-inconsistent", f"{node} is included but submitted no update", **fw)
                 if node in r.flags:
                     self.violate("included-inconsistent", f"{node} is included but was flagged", **fw)
-            ignored = sorted(seen - set(r.included) - set(r.flags))
-            if ignored:
-                self.warnings.append(f"round {r.round}: update(s) of {', '.join(ignored)} neither "
-                                     f"included nor flagged")
             aggregate = self.load_model(f"round {r.round} aggregate", r.digest, r.cid, node=c.coordinator,
                                         round=r.round, parent=r.parent)
-            self.recompute(r, strategy, global_state, updates, aggregate is not None)
+            previous_state = None
+            if strategy is not None and strategy.server_momentum and prev_global is not None:
+                previous_state = self.global_state(*prev_global)
+            self.recompute(r, strategy, global_state, updates, aggregate is not None,
+                           previous_state, prev_global is not None)
+            prev_global = (r.global_model, head_cid)
             head, head_cid = r.digest, r.cid
         self.replayed = {"head": head, "accepted": head, "seq": previous, "expected": None,
                          "head_cid": head_cid, "accepted_cid": head_cid,
@@ -454,8 +462,18 @@ class _Auditor:
         except _BlobProblem:
             return None      # its failure was reported where it was recorded
 
-    def recompute(self, r: Round, strategy, global_state, updates, have_aggregate: bool) -> None:
-        from chainfl.aggregation.strategies import Update
+    def recompute(self, r: Round, strategy, global_state, updates, have_aggregate: bool,
+                  previous_state=None, needs_previous: bool = False) -> None:
+        """Recompute round ``r``'s aggregate the way an honest coordinator makes it.
+
+        The honest coordinator aggregates *every* verifiable update it has read, and it reads the
+        events up to some block: its inputs are a prefix, by (block, log index), of the round's
+        submissions. So for k = all submissions down to 1 the prefix of length k is aggregated with
+        the recorded strategy (unreadable updates left out, and they must be flagged on chain); the
+        round passes only if for some k (a) the bytes equal the recorded aggregate, (b) the on-chain
+        included nodes equal the strategy's, (c) the on-chain flags equal the strategy's flags plus
+        the prefix's unreadable updates, and (d) no later submission is included or flagged.
+        """
         from chainfl.learning.models import flatten, unflatten
 
         fw = dict(round=r.round, node=self.h.created.coordinator, cid=r.cid)
@@ -463,56 +481,120 @@ class _Auditor:
                   None if strategy is None else strategy.name, "match": False, "inputs": None,
                   "recomputed": None}
         self.aggregates.append(record)
-        usable = [(s, st) for s, st in updates if st is not None]
-        # an update whose blob fails verification can only have been left out, and then it must be
-        # flagged on chain (the coordinator could not use it either)
-        unusable = [s.node for s, st in updates if st is None and s.node not in r.flags]
-        if strategy is None or global_state is None or not have_aggregate or unusable:
+        if strategy is None or global_state is None or not have_aggregate \
+                or (needs_previous and strategy.server_momentum and previous_state is None):
             why = ("no strategy" if strategy is None else "the global model is unavailable"
                    if global_state is None else "the aggregate blob is unavailable" if not have_aggregate
-                   else f"the update of {', '.join(unusable)} is unavailable and not flagged")
+                   else "the previous global model is unavailable")
             record["inputs"] = f"not recomputed: {why}"
             self.violate("aggregate-unverifiable", f"aggregate cannot be recomputed: {why}", **fw)
             return
         _, meta = self.cache.models[(r.digest, r.cid)]
         reference = self.ordered(global_state)
         ref_vec = flatten(reference)
+        prev_vec = None if previous_state is None else flatten(self.ordered(previous_state))
         flagged, included = set(r.flags), set(r.included)
-        candidates = [("all verifiable updates", lambda s: True),
-                      ("submitted minus flagged", lambda s: s.node not in flagged),
-                      ("included and flagged", lambda s: s.node in included or s.node in flagged),
-                      ("included only", lambda s: s.node in included)]
-        tried = set()
-        first = None
-        for label, keep in candidates:
-            chosen = tuple(s.node for s, _ in usable if keep(s))
-            if not chosen or chosen in tried:
+        ordered = sorted(updates, key=lambda u: (u[0].at.block, u[0].at.log_index))
+        vectors = {id(s): flatten(self.ordered(st)) for s, st in ordered if st is not None}
+        first_error = None      # why the largest prefix could not be recomputed
+        first_match = None      # (k, result, problems) of the largest prefix whose bytes match
+        for k in range(len(ordered), 0, -1):
+            prefix, rest = ordered[:k], ordered[k:]
+            if rest and rest[0][0].at.block == prefix[-1][0].at.block:
+                continue        # the coordinator reads whole blocks
+            unreadable = {s.node for s, st in prefix if st is None}
+            unflagged = sorted(unreadable - flagged)
+            if unflagged:
+                first_error = first_error or (f"the update of {', '.join(unflagged)} is unavailable "
+                                              f"and not flagged")
                 continue
-            tried.add(chosen)
-            ups = [Update(node=s.node, digest=s.digest, state_vec=flatten(self.ordered(st)),
-                          n_samples=s.samples) for s, st in usable if keep(s)]
             try:
-                result = strategy.aggregate(ups, reference=ref_vec)
+                result = self._aggregate(strategy, prefix, vectors, ref_vec, prev_vec)
             except ChainflError as e:
-                first = first or f"{label}: {e}"
+                first_error = first_error or f"first {k} submission(s): {e}"
                 continue
-            blob = encode_model(unflatten(result.vector, reference), meta)
-            got = sha256(blob)
-            first = first or f"{label}: recomputed {hx(got)}"
-            if got == r.digest:
-                record.update(match=True, inputs=label, recomputed=hx(got),
-                              strategy_included=list(result.included), strategy_flagged=list(result.flagged))
-                if set(result.included) != included:
-                    self.violate("included-inconsistent", f"the strategy used {sorted(result.included)}, "
-                                 f"the chain records {sorted(included)} as included", **fw)
-                missed = set(result.flagged) - flagged
-                if missed:
-                    self.warnings.append(f"round {r.round}: screening flags {sorted(missed)} but they were "
-                                         f"not flagged on chain")
-                return
-        record["recomputed"] = first
-        self.violate("aggregate-mismatch", f"the aggregate does not match its recorded inputs with "
-                     f"strategy {strategy.name!r} (recorded {hx(r.digest)}; {first})", **fw)
+            got = sha256(encode_model(unflatten(result.vector, reference), meta))
+            record["recomputed"] = record["recomputed"] or hx(got)
+            if got != r.digest:
+                continue
+            problems = self._selection_problems(r, prefix, rest, result, unreadable)
+            if first_match is None or not problems:
+                first_match = (k, result, problems)
+            if not problems:
+                break
+        if first_match is not None:
+            k, result, problems = first_match
+            record.update(match=True, inputs=f"first {k} of {len(ordered)} submission(s) in block order",
+                          recomputed=hx(r.digest), prefix=k, strategy_included=list(result.included),
+                          strategy_flagged=list(result.flagged), late=[s.node for s, _ in ordered[k:]])
+            for kind, message, node, cid in problems:
+                self.violate(kind, f"round {r.round}: {message}", round=r.round, node=node, cid=cid)
+            return
+        if record["recomputed"] is None and first_error is not None and "unavailable" in first_error:
+            record["inputs"] = f"not recomputed: {first_error}"
+            self.violate("aggregate-unverifiable", f"aggregate cannot be recomputed: {first_error}", **fw)
+            return
+        detail = f"recomputed {record['recomputed']}" if record["recomputed"] else first_error
+        self.violate("aggregate-mismatch", f"the aggregate does not match its recorded inputs (any "
+                     f"prefix of the round's submissions in block order) with strategy "
+                     f"{strategy.name!r} (recorded {hx(r.digest)}; {detail})", **fw)
+        # name the nodes: the coordinator must have read every submission up to the last one it
+        # included or flagged (whole blocks); compare its selection with the strategy's on those
+        used = included | flagged
+        last = max((n for n, (s, _) in enumerate(ordered) if s.node in used), default=-1)
+        if last < 0:
+            return
+        k = last + 1
+        while k < len(ordered) and ordered[k][0].at.block == ordered[last][0].at.block:
+            k += 1
+        prefix, rest = ordered[:k], ordered[k:]
+        unreadable = {s.node for s, st in prefix if st is None}
+        try:
+            result = self._aggregate(strategy, prefix, vectors, ref_vec, prev_vec)
+        except ChainflError:
+            return
+        for kind, message, node, cid in self._selection_problems(r, prefix, rest, result, unreadable):
+            self.violate(kind, f"round {r.round}: {message}", round=r.round, node=node, cid=cid)
+
+    @staticmethod
+    def _aggregate(strategy, prefix, vectors, ref_vec, prev_vec):
+        from chainfl.aggregation.strategies import Update
+        from chainfl.errors import LearningError
+
+        ups = [Update(node=s.node, digest=s.digest, state_vec=vectors[id(s)], n_samples=s.samples)
+               for s, st in prefix if st is not None]
+        if not ups:
+            raise LearningError("no verifiable update")
+        return strategy.aggregate(ups, reference=ref_vec, previous=prev_vec)
+
+    @staticmethod
+    def _selection_problems(r: Round, prefix, rest, result, unreadable: set) -> list:
+        """(kind, message, node, cid) for each way the on-chain included/flagged sets differ from
+        what the strategy decided on ``prefix`` (``rest``: the submissions read after it)."""
+        flagged, included = set(r.flags), set(r.included)
+        want_included, want_flagged = set(result.included), set(result.flagged) | unreadable
+        out = []
+        for s, _ in prefix:
+            n, at = s.node, f"(CID {s.cid})"
+            if n not in included and n not in flagged:
+                out.append(("update-ignored", f"node {n} submitted {at} but is neither included nor "
+                            f"flagged", n, s.cid))
+            elif n in flagged and n not in want_flagged:
+                out.append(("flag-inconsistent", f"node {n} flagged on chain but the recorded strategy "
+                            f"does not flag it {at}; reason given: {r.flags[n]!r}", n, s.cid))
+            elif n in included and n not in want_included:
+                why = "flags it" if n in want_flagged else "does not use it"
+                out.append(("included-inconsistent", f"node {n} is included on chain but the recorded "
+                            f"strategy {why} {at}", n, s.cid))
+        for s, _ in rest:
+            n, at = s.node, f"(CID {s.cid})"
+            if n in flagged:
+                out.append(("flag-inconsistent", f"node {n} flagged on chain but the recorded strategy "
+                            f"does not flag it {at}; reason given: {r.flags[n]!r}", n, s.cid))
+            elif n in included:
+                out.append(("included-inconsistent", f"node {n} is included on chain but its update is "
+                            f"not among the aggregated ones {at}", n, s.cid))
+        return out
 
     # -- final state and release ------------------------------------------------------------
     def check_final(self, live) -> None:
@@ -555,6 +637,16 @@ class _Auditor:
             return info
         _, meta = self.cache.models[(closed.release_digest, cid)]
         info["meta"] = {k: v for k, v in meta.items() if k != "scaler"}
+        if self.spec is not None:
+            from chainfl.audit.detect import same_json
+
+            spec_values = {"scaler": self.spec.scaler, "feature_names": list(self.spec.feature_names),
+                           "model": self.spec.model}
+            for key, want in spec_values.items():
+                if not same_json(meta.get(key), want):
+                    info["status"] = "release-meta"
+                    self.violate("release-meta", f"the release {cid}'s {key} differs from the task spec's "
+                                 f"(detection would use it)", node=closed.by, cid=cid)
         for label in ("head", "accepted"):
             d, cid = self.replayed[label], self.replayed[f"{label}_cid"]
             if cid is None:

@@ -146,12 +146,13 @@ def record_chained(chain, store, n_nodes: int = 3, rounds: int = 2, seed: int = 
 
 
 def record_federated(chain, store, n_nodes: int = 4, rounds: int = 2, seed: int = 0,
-                     strategy: str = "fedavg", close: bool = True, poison: int | None = None,
+                     strategy: str | Strategy = "fedavg", close: bool = True, poison: int | None = None,
                      registry_nodes=None) -> Recorded:
     """An honest federated task aggregated with ``strategy`` (flags recorded as the strategy says).
     With ``poison=i``, node i sends a boosted update every round (so screening can flag it)."""
     registry, coord, nodes = registry_nodes or setup_registry(chain, n_nodes)
-    strat = get_strategy(strategy)
+    strat = strategy if isinstance(strategy, Strategy) else get_strategy(strategy)
+    previous = None         # the global model of the round before (server momentum)
     spec = _spec("federated", nodes, rounds, strat, seed)
     data = [synthetic(40, seed + i) for i in range(n_nodes)]
     scaler = Scaler.from_dict(spec.scaler)
@@ -176,9 +177,10 @@ def record_federated(chain, store, n_nodes: int = 4, rounds: int = 2, seed: int 
             updates.append(Update(node=node.address, digest=d, state_vec=flatten(new), n_samples=res.n_samples))
             rec.digests.append(d)
             rec.cids.append(cid)
-        result = strat.aggregate(updates, reference=flatten(state))
+        result = strat.aggregate(updates, reference=flatten(state), previous=previous)
         for n in result.flagged:
             registry.flag_update(task_id, r, n, "screening outlier", coord)
+        previous = flatten(state)
         state = unflatten(result.vector, state)
         g_d, g_cid = _put(store, encode_model(state, {"kind": "aggregate", "round": r}))
         registry.finalize_round(task_id, r, g_d, g_cid, result.included, coord)

@@ -73,3 +73,24 @@ def test_federated_aggregate_is_independent_of_arrival_order(world):
         weights.append(b"".join(v.tobytes() for v in state.values()))
     assert orders[0] == orders[1][::-1]
     assert weights[0] == weights[1]
+
+
+def test_federated_server_momentum_is_applied_and_audited(world):
+    # the coordinator passes the previous round's global model; the audit recomputes it bit for bit
+    import dataclasses
+
+    from chainfl.aggregation.strategies import Strategy
+
+    coordinator = world.coordinator()
+    spec = world.spec("federated", rounds=3, strategy="fedavg")
+    spec = dataclasses.replace(spec, strategy=Strategy(name="fedavgm", rule="fedavg",
+                                                       server_momentum=0.9).spec())
+    task_id = coordinator.create_task(spec)
+    agents = [world.agent(i, task_id) for i in range(3)]
+
+    world.drive(coordinator, agents)
+
+    assert world.registry.task(task_id).closed
+    report = audit_task(world.chain, world.registry, world.store, task_id)
+    assert report.ok, [str(v) for v in report.violations]
+    assert [a["match"] for a in report.aggregates] == [True, True, True]

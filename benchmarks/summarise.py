@@ -170,9 +170,14 @@ class Question:
 
 QUESTIONS = [
     Question("1", "Detection quality (centralised, local-only, chained, FedAvg, robust rules; IID / α 0.5 / α 0.1)",
-             [("experiments", "python -m benchmarks.experiments")]),
+             [("experiments", "python -m benchmarks.experiments"),
+              ("experiments_iid", "python -m benchmarks.experiments --partition iid"),
+              ("experiments_alpha01", "python -m benchmarks.experiments --alpha 0.1")]),
     Question("2", "Robustness (attacks × defences × malicious fraction; screening precision/recall)",
-             [("experiments_attacks", "python -m benchmarks.experiments --sections attacks")]),
+             [("experiments_attacks", "python -m benchmarks.experiments --sections attacks"),
+              ("experiments_attacks_more", "python -m benchmarks.experiments --sections attacks"),
+              ("experiments_attacks_10pct", "python -m benchmarks.experiments --sections attacks --fraction 0.1"),
+              ("experiments_attacks_30pct", "python -m benchmarks.experiments --sections attacks --fraction 0.3")]),
     Question("3", "Overhead of chain + IPFS per round, and side by side with Flower",
              [("overhead", "python -m benchmarks.overhead"),
               ("flower_compare", "python -m benchmarks.flower_compare")]),
@@ -188,7 +193,12 @@ OTHERS = [("seed_scenario", "python -m benchmarks.seed_scenario", "The seed's sc
 #: which tables of a results file each question copies (heading keywords; empty = first table)
 TABLE_PICKS = {
     ("1", "experiments"): ("NaN", "missingness flag", "chained"),
+    ("1", "experiments_iid"): ("NaN", "chained", "attack"),
+    ("1", "experiments_alpha01"): ("NaN", "chained", "attack"),
     ("2", "experiments_attacks"): ("attack", "screening"),
+    ("2", "experiments_attacks_more"): ("attack", "screening"),
+    ("2", "experiments_attacks_10pct"): ("attack", "screening"),
+    ("2", "experiments_attacks_30pct"): ("attack", "screening"),
     ("3", "overhead"): ("per round",),
     ("3", "flower_compare"): ("side by side",),
     ("4", "gas"): (),

@@ -109,6 +109,21 @@ def run_centralised(s: Setup, model_cfg: ModelConfig, train_cfg: TrainConfig, ep
     return test_metrics(model_cfg, res.state, s)
 
 
+def run_tree_reference(s: Setup, kind: str) -> dict:
+    """scikit-learn's strong tabular references on the same pooled split (threshold on validation)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+
+    from chainfl.learning.evaluate import choose_threshold, metrics_from_scores
+
+    X = np.concatenate([p[0] for p in s.parts])
+    y = np.concatenate([p[1] for p in s.parts])
+    model = (HistGradientBoostingClassifier(random_state=s.seed) if kind == "hgb"
+             else RandomForestClassifier(n_estimators=300, n_jobs=1, random_state=s.seed))
+    model.fit(X, y)
+    threshold = choose_threshold(model.predict_proba(s.X_val)[:, 1], s.y_val)
+    return metrics_from_scores(model.predict_proba(s.X_test)[:, 1], s.y_test, threshold)
+
+
 def run_local_only(s: Setup, model_cfg: ModelConfig, train_cfg: TrainConfig, epochs: int) -> dict:
     """Each node trains alone; mean node F1 and the share of nodes with F1 = 0."""
     init = get_state(build_model(model_cfg, s.n_features, s.seed))
@@ -307,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="label skew (Dirichlet --alpha) or IID")
     ap.add_argument("--fraction", type=float, default=0.2, help="malicious fraction in the attack section")
     ap.add_argument("--sections", nargs="+",
-                    default=["central", "local", "federated", "flag", "chained", "attacks"])
+                    default=["central", "trees", "local", "federated", "flag", "chained", "attacks"])
     ap.add_argument("--central-epochs", type=int, default=CENTRAL_TRAIN.epochs)
     ap.add_argument("--quick", action="store_true", help="1 seed, 10 rounds: a smoke test")
     ap.add_argument("--name", default="experiments", help="results file name under benchmarks/results")
@@ -333,6 +348,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             raw[f"central_{kind}"] = res
             rows.append([f"centralised {kind}", mean_std([r["f1"] for r in res]),
                          mean_std([r["pr_auc"] for r in res]), mean_std([r["roc_auc"] for r in res]), "–"])
+            log(rows[-1])
+    if "trees" in args.sections:
+        for kind, label in (("hgb", "centralised HistGradientBoosting"), ("rf", "centralised RandomForest 300")):
+            res = [run_tree_reference(setups[sd], kind) for sd in args.seeds]
+            raw[f"central_{kind}"] = res
+            rows.append([label, mean_std([r["f1"] for r in res]), mean_std([r["pr_auc"] for r in res]),
+                         mean_std([r["roc_auc"] for r in res]), "–"])
             log(rows[-1])
     if "local" in args.sections:
         res = [run_local_only(setups[sd], MODEL, FED_TRAIN, 20) for sd in args.seeds]

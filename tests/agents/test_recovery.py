@@ -123,18 +123,22 @@ def test_a_blob_that_does_not_match_its_digest_is_rejected_on_chain_and_never_lo
     assert handoff["node"] == world.accounts[1].address and handoff["parent"] == initial
 
 
-def test_an_incoming_blob_not_yet_retrievable_is_retried_not_rejected(world, tmp_path):
-    coordinator = world.coordinator()
-    spec = world.spec("chained", rounds=1)
-    task_id = coordinator.create_task(spec)
-    initial = world.registry.task(task_id).head
-    # node 0 records a model whose blob is only in a store the receiver cannot reach (yet)
+def _handoff_from_elsewhere(world, tmp_path, note: str):
+    """Node 0 records a handoff whose blob is only in a store the receiver cannot reach."""
     from chainfl.storage import open_store
+
+    spec = world.spec("chained", rounds=1)
+    task_id = world.coordinator().create_task(spec)
+    initial = world.registry.task(task_id).head
     elsewhere = open_store((tmp_path / "elsewhere").as_uri())
-    a = modelio.put_model(elsewhere, modelio.initial_state(spec), {"kind": "handoff", "note": "late"})
+    a = modelio.put_model(elsewhere, modelio.initial_state(spec), {"kind": "handoff", "note": note})
     world.registry.record_handoff(task_id, initial, a.digest, a.cid, 10, 0.5, world.accounts[1].address,
                                   world.accounts[0])
+    return task_id, elsewhere, a
 
+
+def test_an_incoming_blob_not_yet_retrievable_is_retried_not_rejected(world, tmp_path):
+    task_id, elsewhere, a = _handoff_from_elsewhere(world, tmp_path, "late")
     patient = world.agent(1, task_id, fetch_timeout=0.5)
     assert patient.step() == "waiting"                       # a slow network is not poisoning
     assert world.events(task_id, "HandoffRejected") == []
@@ -146,16 +150,7 @@ def test_an_incoming_blob_not_yet_retrievable_is_retried_not_rejected(world, tmp
 
 
 def test_an_incoming_blob_missing_past_the_patience_window_is_rejected(world, tmp_path):
-    coordinator = world.coordinator()
-    spec = world.spec("chained", rounds=1)
-    task_id = coordinator.create_task(spec)
-    initial = world.registry.task(task_id).head
-    from chainfl.storage import open_store
-    elsewhere = open_store((tmp_path / "elsewhere").as_uri())
-    a = modelio.put_model(elsewhere, modelio.initial_state(spec), {"kind": "handoff", "note": "never"})
-    world.registry.record_handoff(task_id, initial, a.digest, a.cid, 10, 0.5, world.accounts[1].address,
-                                  world.accounts[0])
-
+    task_id, _, _ = _handoff_from_elsewhere(world, tmp_path, "never")
     impatient = world.agent(1, task_id, fetch_timeout=0.5, fetch_patience=0.0)
     assert impatient.step() == "rejected+handoff"
     rejected = world.events(task_id, "HandoffRejected")

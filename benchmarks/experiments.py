@@ -290,12 +290,12 @@ def _verdicts(results: dict, strategies: Sequence[str], attacks: Sequence[Attack
                          f"; plain FedAvg {plain:+.1f} vs its clean run")
         out.append(line + f" -> within 3 points: {'yes' if ok else 'no'}.")
     for st, kind in detect:
-        if kind != "boosted" or ("none" not in [a.kind for a in attacks]) or (st, "none") not in detect:
+        if kind not in ("boosted", "amplified") or (st, "none") not in detect:
             continue
         caught, ff = detect[(st, kind)]
         ff_clean = detect[(st, "none")][1]
         met = caught >= 0.90 and ff <= 0.05 and ff_clean <= 0.05
-        out.append(f"Computed verdict, screening ({st}): {100 * caught:.1f} % of boosted updates caught, "
+        out.append(f"Computed verdict, screening ({st}): {100 * caught:.1f} % of {kind} updates caught, "
                    f"{100 * ff:.1f} % honest false flags under attack, {100 * ff_clean:.1f} % in clean runs "
                    f"-> target (>= 90 % caught, <= 5 % false flags): {'met' if met else 'not met'}.")
     return out
@@ -424,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         fr = args.fraction
         known = {"none": AttackConfig(), "label-flip": AttackConfig("label-flip", fr),
                  "boosted": AttackConfig("boosted", fr, factor=10),
+                 "amplified": AttackConfig("amplified", fr, factor=10),
                  "sign-flip": AttackConfig("sign-flip", fr, factor=10),
                  "gaussian-noise": AttackConfig("gaussian-noise", fr, sigma=0.5),
                  "free-rider": AttackConfig("free-rider", fr)}

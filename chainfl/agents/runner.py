@@ -62,7 +62,7 @@ class RunConfig:
     gate: bool = True                # chained: validation gate on incoming models
     partition: str = "iid"           # iid | dirichlet | quantity | blocks
     alpha: float = 0.5               # dirichlet / quantity concentration
-    attack: str = "none"             # none | label-flip | boosted | sign-flip | gaussian-noise | free-rider
+    attack: str = "none"             # none | label-flip | boosted | amplified | sign-flip | gaussian-noise | free-rider
     malicious_fraction: float = 0.2  # share of malicious nodes when attack != none
     dataset: str = "simulate"        # simulate | eth_fraud | csv
     data: str | None = None          # CSV path (dataset="csv")

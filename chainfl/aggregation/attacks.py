@@ -5,7 +5,14 @@ Data poisoning (applied to a malicious node's training labels):
 
 Model poisoning (applied to a malicious node's trained vector ``v`` against the model it started
 from, ``reference``; ``delta = v - reference``):
-* ``boosted``         reference + factor * delta          (model replacement / boosting)
+* ``boosted``         boosted model replacement (Bhagoji et al. 2019, Bagdasaryan et al. 2020): the
+                      node trains on its *adversarial* objective (flipped labels) and submits
+                      reference + factor * delta, so its poisoned step survives averaging with the
+                      honest ones - both data and model poisoning
+* ``amplified``       reference + factor * delta of an *honestly* trained update: a stress test for
+                      norm-based defences, not a poisoning attack (the step points the honest way;
+                      a node whose honest step is ~0, e.g. one holding one class the model already
+                      gets right, stays ~0 however much it is amplified)
 * ``sign-flip``       reference - factor * delta
 * ``gaussian-noise``  v + N(0, sigma^2) per coordinate
 * ``free-rider``      reference (+ N(0, camouflage^2) to look distinct); no training needed
@@ -21,9 +28,9 @@ import numpy as np
 
 from chainfl.errors import LearningError
 
-DATA_ATTACKS = ("label-flip",)
-MODEL_ATTACKS = ("boosted", "sign-flip", "gaussian-noise", "free-rider")
-ATTACKS = ("none",) + DATA_ATTACKS + MODEL_ATTACKS
+DATA_ATTACKS = ("label-flip", "boosted")                  # train on flipped labels
+MODEL_ATTACKS = ("boosted", "amplified", "sign-flip", "gaussian-noise", "free-rider")  # alter the vector
+ATTACKS = ("none", "label-flip") + MODEL_ATTACKS
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,7 @@ class AttackConfig:
 
     kind: str = "none"        # one of ATTACKS
     fraction: float = 0.2     # share of nodes that are malicious (rounded to nearest count)
-    factor: float = 10.0      # boost for "boosted" / "sign-flip"
+    factor: float = 10.0      # boost for "boosted" / "amplified" / "sign-flip"
     sigma: float = 1.0        # noise std for "gaussian-noise"
     camouflage: float = 0.0   # noise std a "free-rider" adds to the global model to look distinct
     seed: int = 0             # chooses the malicious nodes and draws the noise
@@ -69,7 +76,7 @@ def label_flip(y: np.ndarray) -> np.ndarray:
     return (1 - y).astype(y.dtype)
 
 
-def boosted(vec: np.ndarray, reference: np.ndarray, factor: float = 10.0) -> np.ndarray:
+def scale_delta(vec: np.ndarray, reference: np.ndarray, factor: float = 10.0) -> np.ndarray:
     r = np.asarray(reference, dtype=np.float64)
     return (r + factor * (np.asarray(vec, dtype=np.float64) - r)).astype(np.float32)
 
@@ -93,17 +100,17 @@ def free_rider(reference: np.ndarray, sigma: float = 0.0, seed: int = 0) -> np.n
 
 
 def poison_labels(cfg: AttackConfig, y: np.ndarray) -> np.ndarray:
-    """A malicious node's training labels under ``cfg`` (unchanged for model attacks)."""
-    return label_flip(y) if cfg.kind == "label-flip" else np.asarray(y)
+    """A malicious node's training labels under ``cfg`` (flipped for label-flip and boosted)."""
+    return label_flip(y) if cfg.poisons_data else np.asarray(y)
 
 
 def poison_update(cfg: AttackConfig, vec: np.ndarray, reference: np.ndarray, seed: int = 0) -> np.ndarray:
-    """A malicious node's submitted vector under ``cfg`` (unchanged for data attacks).
+    """A malicious node's submitted vector under ``cfg`` (unchanged for label-flip).
 
     ``seed`` varies the noise per node and round (combine it with ``cfg.seed``)."""
     s = int(cfg.seed) * 1_000_003 + int(seed)
-    if cfg.kind == "boosted":
-        return boosted(vec, reference, cfg.factor)
+    if cfg.kind in ("boosted", "amplified"):
+        return scale_delta(vec, reference, cfg.factor)
     if cfg.kind == "sign-flip":
         return sign_flip(vec, reference, cfg.factor)
     if cfg.kind == "gaussian-noise":

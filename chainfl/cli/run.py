@@ -59,8 +59,11 @@ def _f(v) -> str:
 @click.option("--partition", "partition_", type=click.Choice(["iid", "dirichlet", "quantity", "blocks"]),
               default="iid", show_default=True)
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Dirichlet/quantity concentration.")
-@click.option("--attack", type=click.Choice(["none", "label-flip", "boosted", "sign-flip", "noise",
-                                             "gaussian-noise", "free-rider"]), default="none", show_default=True)
+@click.option("--attack", type=click.Choice(["none", "label-flip", "boosted", "amplified", "sign-flip", "noise",
+                                             "gaussian-noise", "free-rider"]), default="none", show_default=True,
+              help="What malicious nodes do: label-flip (train on flipped labels), boosted (model "
+                   "replacement: flipped labels, step x10), amplified (honest step x10), sign-flip "
+                   "(step x-10), noise/gaussian-noise, free-rider (resubmit the global model).")
 @click.option("--malicious-fraction", type=click.FloatRange(0.0, 1.0), default=0.2, show_default=True,
               help="Share of the nodes that attack (with --attack).")
 @click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False), default=None,

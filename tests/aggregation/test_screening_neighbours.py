@@ -42,7 +42,7 @@ def test_isolated_poisoned_updates_are_flagged(attack):
     bad = [2, 9, 17]                                  # two from the majority, one from the minority
     for i in bad:
         if attack == "boosted":
-            ups[i] = A.boosted(ups[i], ref, 10)
+            ups[i] = A.scale_delta(ups[i], ref, 10)
         elif attack == "sign-flip":
             ups[i] = A.sign_flip(ups[i], ref, 10)
         else:
@@ -54,7 +54,7 @@ def test_isolated_poisoned_updates_are_flagged(attack):
 
 def test_colluders_sending_one_boosted_vector_are_caught_by_the_norm_bound():
     ref, ups = skewed_round()
-    boosted = A.boosted(ups[0], ref, 30)
+    boosted = A.scale_delta(ups[0], ref, 30)
     for i in (0, 1, 2):
         ups[i] = boosted.copy()                       # each other's nearest neighbours: distance 0
     res = screen(ups, ref, NB)
@@ -66,7 +66,7 @@ def test_colluders_sending_one_boosted_vector_are_caught_by_the_norm_bound():
 def test_at_most_max_flag_frac_of_a_round_is_flagged_most_isolated_first():
     ref, ups = skewed_round()
     for i, factor in zip((3, 5, 7, 11), (5, 40, 10, 20)):
-        ups[i] = A.boosted(ups[i], ref, factor)
+        ups[i] = A.scale_delta(ups[i], ref, factor)
     capped = screen(ups, ref, ScreenConfig(method="neighbours", max_flag_frac=0.1))   # 2 of 20
     assert [i for i, f in enumerate(capped.flagged) if f] == [5, 11]
     assert "at most 2 flags" in capped.scores[7]["reasons"][-1]
@@ -75,7 +75,7 @@ def test_at_most_max_flag_frac_of_a_round_is_flagged_most_isolated_first():
 
 def test_neighbour_screening_is_order_independent_and_needs_enough_updates():
     ref, ups = skewed_round()
-    ups[4] = A.boosted(ups[4], ref, 10)
+    ups[4] = A.scale_delta(ups[4], ref, 10)
     perm = list(np.random.default_rng(5).permutation(len(ups)))
     a, b = screen(ups, ref, NB), screen([ups[i] for i in perm], ref, NB)
     assert [a.flagged[i] for i in perm] == b.flagged and a.flagged[4]
@@ -105,7 +105,7 @@ def test_screened_fedavg_uses_neighbour_screening_and_old_specs_still_load():
 
 def test_screened_fedavg_drops_a_boosted_node_and_keeps_the_honest_minority():
     ref, ups = skewed_round()
-    ups[1] = A.boosted(ups[1], ref, 10)
+    ups[1] = A.scale_delta(ups[1], ref, 10)
     updates = [Update(f"n{i:02d}", bytes([i]) * 32, u, 50) for i, u in enumerate(ups)]
     res = get_strategy("screened-fedavg").aggregate(updates, reference=ref)
     assert res.flagged == ["n01"]
@@ -133,6 +133,6 @@ def test_krum_strategies_work_with_one_or_two_nodes(name):
 
 def test_the_flag_cap_still_allows_one_flag_in_a_small_round():
     ref, ups = skewed_round(n_major=4, n_minor=0)
-    ups[0] = A.boosted(ups[0], ref, 10)
+    ups[0] = A.scale_delta(ups[0], ref, 10)
     res = screen(ups, ref, NEIGHBOUR_SCREEN)               # floor(0.2 * 4) = 0, but one is allowed
     assert res.flagged == [True, False, False, False]

@@ -29,7 +29,7 @@ def test_robust_z_hand_computed():
 
 def test_screen_flags_boosted_and_sign_flipped_only():
     ref, ups = honest_round()
-    ups[3] = A.boosted(ups[3], ref, 10)
+    ups[3] = A.scale_delta(ups[3], ref, 10)
     ups[7] = A.sign_flip(ups[7], ref, 10)
     res = screen(ups, ref)
     assert [i for i, f in enumerate(res.flagged) if f] == [3, 7]
@@ -55,7 +55,7 @@ def test_screen_is_order_independent():
 
 def test_screen_needs_enough_updates():
     ref, ups = honest_round(n=3)
-    ups[0] = A.boosted(ups[0], ref, 100)
+    ups[0] = A.scale_delta(ups[0], ref, 100)
     assert screen(ups, ref, ScreenConfig(min_updates=4)).n_flagged == 0
 
 
@@ -65,7 +65,7 @@ def updates_from(ups, prefix="n"):
 
 def test_screened_fedavg_excludes_and_reports():
     ref, ups = honest_round()
-    ups[5] = A.boosted(ups[5], ref, 10)
+    ups[5] = A.scale_delta(ups[5], ref, 10)
     res = get_strategy("screened-fedavg").aggregate(updates_from(ups), reference=ref)
     assert res.flagged == ["n05"]
     assert "n05" not in res.included and len(res.included) == 19
@@ -77,7 +77,7 @@ def test_screened_fedavg_excludes_and_reports():
 def test_plain_fedavg_is_dragged_by_a_boosted_update():
     ref, ups = honest_round()
     clean = get_strategy("fedavg").aggregate(updates_from(ups), ref).vector
-    ups[5] = A.boosted(ups[5], ref, 50)
+    ups[5] = A.scale_delta(ups[5], ref, 50)
     dirty = get_strategy("fedavg").aggregate(updates_from(ups), ref).vector
     robust = get_strategy("multi-krum").aggregate(updates_from(ups), ref)
     assert np.linalg.norm(dirty - clean) > 5 * np.linalg.norm(robust.vector - clean)
@@ -119,7 +119,7 @@ def test_server_lr_scales_the_step():
 
 def test_clipped_fedavg_bounds_a_boosted_update():
     ref, ups = honest_round()
-    ups[0] = A.boosted(ups[0], ref, 100)
+    ups[0] = A.scale_delta(ups[0], ref, 100)
     out = get_strategy("clipped-fedavg").aggregate(updates_from(ups), ref).vector
     norms = sorted(np.linalg.norm(u.astype(np.float64) - ref) for u in ups)
     assert np.linalg.norm(out - ref) <= 2.0 * np.median(norms) + 1e-4
@@ -135,15 +135,26 @@ def test_choose_malicious_is_seeded_and_sized():
 
 def test_model_attacks_hand_computed():
     ref, v = np.array([1, 1], np.float32), np.array([2, 3], np.float32)
-    np.testing.assert_array_equal(A.boosted(v, ref, 10), [11, 21])
+    np.testing.assert_array_equal(A.scale_delta(v, ref, 10), [11, 21])
     np.testing.assert_array_equal(A.sign_flip(v, ref, 10), [-9, -19])
     np.testing.assert_array_equal(A.free_rider(ref), ref)
     np.testing.assert_array_equal(A.label_flip(np.array([0, 1, 1])), [1, 0, 0])
     n1 = A.gaussian_noise(v, 1.0, seed=4)
     assert n1.tobytes() == A.gaussian_noise(v, 1.0, seed=4).tobytes() and not np.array_equal(n1, v)
-    cfg = A.AttackConfig("boosted", factor=3)
-    np.testing.assert_array_equal(A.poison_update(cfg, v, ref), [4, 7])
-    np.testing.assert_array_equal(A.poison_labels(A.AttackConfig("label-flip"), np.array([1, 0])), [0, 1])
+    y = np.array([1, 0])
+    # boosted model replacement: trains on flipped labels AND scales its step
+    boosted = A.AttackConfig("boosted", factor=3)
+    assert boosted.poisons_data and boosted.poisons_model
+    np.testing.assert_array_equal(A.poison_update(boosted, v, ref), [4, 7])
+    np.testing.assert_array_equal(A.poison_labels(boosted, y), [0, 1])
+    # amplified: an honest step scaled up, labels untouched
+    amplified = A.AttackConfig("amplified", factor=3)
+    assert not amplified.poisons_data and amplified.poisons_model
+    np.testing.assert_array_equal(A.poison_update(amplified, v, ref), [4, 7])
+    np.testing.assert_array_equal(A.poison_labels(amplified, y), y)
+    flip = A.AttackConfig("label-flip")
+    np.testing.assert_array_equal(A.poison_labels(flip, y), [0, 1])
+    np.testing.assert_array_equal(A.poison_update(flip, v, ref), v)
     with pytest.raises(LearningError, match="unknown attack"):
         A.AttackConfig("teleport")
 

@@ -190,7 +190,8 @@ def run_onchain(workload: C.Workload, rounds: int, rpc: str | None = None, store
         coordinator = Coordinator(reg_p, store_p, chain.accounts[0], reports=box)
         start_block = chain.block_number()
         task_id = coordinator.create_task(spec)
-        agents = [NodeAgent(reg_p, store_p, acct, task_id, d, reports=box, start_block=start_block)
+        agents = [NodeAgent(reg_p, store_p, acct, task_id, d, reports=box, start_block=start_block,
+                            follower=coordinator.follower)   # one follower per process, as chainfl run
                   for acct, d in zip(accounts, locals_)]
         setup_s = time.perf_counter() - t0
         setup_txs = len(txlog.ops)

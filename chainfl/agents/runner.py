@@ -335,7 +335,7 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
         start_block = chain.block_number()
         task_id = coordinator.create_task(spec)
         agents = [NodeAgent(registry, store, acct, task_id, d, reports=box, start_block=start_block,
-                            attack=attack if i in malicious else None)
+                            attack=attack if i in malicious else None, follower=coordinator.follower)
                   for i, (acct, d) in enumerate(zip(accounts, locals_))]
         timings["setup"] = time.monotonic() - t
 

@@ -1,3 +1,5 @@
+import pytest
+
 from chainfl.agents.follower import EventFollower
 from chainfl.chain.registry import Mode
 
@@ -30,3 +32,57 @@ def test_follower_reads_bounded_ranges_once_and_keeps_the_cids(world):
     assert h.cid_of(d[1]) == "bafkinit" and h.cid_of(d[3]) == "bafk3"
     assert all(e.args["taskId"] == task_id for e in seen) and other != task_id
     assert d[4] not in h.cids                                            # another task's model
+
+
+class _CountingRegistry:
+    """The registry, counting how many events its log queries return (everything else delegated)."""
+
+    def __init__(self, registry):
+        self._registry, self.events_read = registry, 0
+
+    def events(self, *args, **kwargs):
+        out = self._registry.events(*args, **kwargs)
+        self.events_read += len(out)
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self._registry, name)
+
+
+def _federated_run(world, shared: bool):
+    from chainfl.agents import modelio
+    from chainfl.agents.coordinator import Coordinator
+    from chainfl.agents.node import NodeAgent
+    from chainfl.learning.models import flatten
+
+    reg = _CountingRegistry(world.registry)
+    coordinator = Coordinator(reg, world.store, world.coordinator_account, reports=world.box)
+    start = world.chain.block_number()
+    spec = world.spec("federated", rounds=2, strategy="fedavg")
+    task_id = coordinator.create_task(spec)
+    agents = [NodeAgent(reg, world.store, a, task_id, d, reports=world.box, start_block=start,
+                        follower=coordinator.follower if shared else None)
+              for a, d in zip(world.accounts, world.datas)]
+    world.drive(coordinator, agents)
+    # the blobs name their task, so compare the weights of each round's aggregate
+    weights = [flatten(modelio.load_model(world.store, e["cid"], e["digest"], spec)[0]).tobytes()
+               for e in world.events(task_id, "RoundFinalized")]
+    return reg.events_read, weights, len(world.events(task_id, "UpdateSubmitted"))
+
+
+def test_agents_sharing_one_follower_read_each_event_once_and_train_the_same(world5):
+    own_reads, own_models, own_subs = _federated_run(world5, shared=False)
+    shared_reads, shared_models, shared_subs = _federated_run(world5, shared=True)
+    assert own_subs == shared_subs == 2 * 5                       # every node, every round, once
+    assert own_models == shared_models                            # same aggregates, byte for byte
+    # 6 followers (coordinator + 5 agents) each read every event vs one follower reading them once
+    assert shared_reads * 4 < own_reads, (shared_reads, own_reads)
+
+
+def test_a_follower_of_another_task_is_refused(world):
+    from chainfl.agents.node import NodeAgent
+    from chainfl.errors import AgentError
+
+    follower = EventFollower(world.registry, task_id=7)
+    with pytest.raises(AgentError, match="shared follower follows task 7"):
+        NodeAgent(world.registry, world.store, world.accounts[0], 8, world.datas[0], follower=follower)

@@ -7,6 +7,7 @@ row id per sample) and ``source`` (where it came from).
 
 from __future__ import annotations
 
+import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,7 @@ def load_eth_fraud(path: str | Path | None = None, missing_flag: bool = False) -
     bad = (features.isna() & raw.notna()).to_numpy()
     if bad.any():
         r, c = (int(v[0]) for v in np.nonzero(bad))
-        line = int(frame.index[r]) + 2          # the original row -> its line in the file (header = line 1)
+        line = int(frame.index[r])              # the index holds each row's line in the file
         column = str(raw.columns[c])
         raise DataError(f"{path}: column {column!r} line {line}: {raw.iloc[r, c]!r} is not a number; "
                         f"fix or blank that cell", path=str(path), column=column, row=line)
@@ -190,9 +191,27 @@ def _read_frame(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: line {line} is not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
                         f"re-save the file as UTF-8", path=str(path), row=line) from e
     try:
-        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.ParserError as e:
         raise DataError(f"{path}: not a valid CSV: {e}", path=str(path)) from e
+    frame.index = _record_lines(text, len(frame))
+    return frame
+
+
+def _record_lines(text: str, n_records: int) -> pd.Index:
+    """The file line on which each data record starts (header = line 1), so that error messages
+    point at the right line also when blank lines (which pandas skips) or quoted multi-line cells
+    come first."""
+    reader = csv.reader(io.StringIO(text))
+    lines, end = [], 0
+    for row in reader:
+        if row:                               # csv yields [] for a blank line; pandas skips it
+            lines.append(end + 1)
+        end = reader.line_num
+    lines = lines[1:]                         # the header
+    if len(lines) != n_records:               # dialects csv and pandas read differently: best effort
+        return pd.RangeIndex(2, n_records + 2)
+    return pd.Index(lines)
 
 
 def _numeric_column(column: pd.Series, path: Path, name: str, fill: float | None) -> np.ndarray:
@@ -200,19 +219,22 @@ def _numeric_column(column: pd.Series, path: Path, name: str, fill: float | None
     bad = values.isna() & column.notna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"{path}: column {name!r} line {i + 2}: {column.iloc[i]!r} is not a number",
-                        path=str(path), column=name, row=i + 2)
+        line = int(column.index[i])
+        raise DataError(f"{path}: column {name!r} line {line}: {column.iloc[i]!r} is not a number",
+                        path=str(path), column=name, row=line)
     if values.isna().any():
         if fill is None:
             i = int(np.flatnonzero(values.isna().to_numpy())[0])
-            raise DataError(f"{path}: column {name!r} line {i + 2} is empty; fill it or pass "
-                            f"fill_missing=<value>", path=str(path), column=name, row=i + 2)
+            line = int(column.index[i])
+            raise DataError(f"{path}: column {name!r} line {line} is empty; fill it or pass "
+                            f"fill_missing=<value>", path=str(path), column=name, row=line)
         values = values.fillna(fill)
     array = values.to_numpy(np.float64)
     if not np.isfinite(array).all():
         i = int(np.flatnonzero(~np.isfinite(array))[0])
-        raise DataError(f"{path}: column {name!r} line {i + 2}: {column.iloc[i]!r} is not finite",
-                        path=str(path), column=name, row=i + 2)
+        line = int(column.index[i])
+        raise DataError(f"{path}: column {name!r} line {line}: {column.iloc[i]!r} is not finite",
+                        path=str(path), column=name, row=line)
     return array
 
 
@@ -222,11 +244,11 @@ _LABEL_WORDS = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1}
 def _binary_labels(column: pd.Series, path: Path) -> np.ndarray:
     name = str(column.name)
     out = np.empty(len(column), dtype=np.int64)
-    for i, value in enumerate(column.tolist()):
+    for i, (line, value) in enumerate(zip(column.index, column.tolist())):
         key = str(value).strip().lower() if value is not None and value == value else ""
         if key not in _LABEL_WORDS:
             shown = "an empty cell" if key == "" else repr(value)
-            raise DataError(f"{path}: label column {name!r} line {i + 2} holds {shown}; labels must be "
-                            f"0 (normal) or 1 (anomalous)", path=str(path), column=name, row=i + 2)
+            raise DataError(f"{path}: label column {name!r} line {line} holds {shown}; labels must be "
+                            f"0 (normal) or 1 (anomalous)", path=str(path), column=name, row=int(line))
         out[i] = _LABEL_WORDS[key]
     return out

@@ -108,6 +108,11 @@ def test_load_csv_reads_numeric_columns_crlf_and_ids(tmp_path):
     ("a,label\n1,1\n2,1\n", "label", None, "only class 1"),
     ("a,label\n1,0\n,1\n", "a", 3, "empty; fill it"),
     ("a,label\n1,0\n2,\n", "label", 3, "empty cell"),
+    # the row is the line in the file, also after blank lines (which pandas skips) ...
+    ("a,label\n1,0\n\n\n2,1\nx1,1\n", "a", 6, "'x1' is not a number"),
+    ("a,label\n\n1,0\n\n2,7\n", "label", 5, "must be 0 .* or 1"),
+    # ... and after a quoted cell that spans lines
+    ('a,note,label\n1,"two\nlines",0\n,x,1\n', "a", 4, "empty; fill it"),
 ])
 def test_load_csv_errors_name_file_column_and_row(tmp_path, text, column, row, match):
     p = _write(tmp_path, text)

@@ -326,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--central-epochs", type=int, default=CENTRAL_TRAIN.epochs)
     ap.add_argument("--quick", action="store_true", help="1 seed, 10 rounds: a smoke test")
     ap.add_argument("--name", default="experiments", help="results file name under benchmarks/results")
+    ap.add_argument("--results-dir", default=None, help="write the results here instead of benchmarks/results")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.rounds, args.attack_rounds, args.chain_passes = args.seeds[:1], 10, 10, 1
@@ -489,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "(s/round numbers include that contention).",
     ] + attack_notes
     path = write_results(args.name, "chainfl learning experiments (in-process, no chain)", tables,
-                         headline=headline, notes=notes, extra={"raw": raw})
+                         headline=headline, notes=notes, extra={"raw": raw}, results_dir=args.results_dir)
     log("wrote", path)
 
 

@@ -238,3 +238,18 @@ def test_read_tables_keeps_headings():
     tables = summarise.read_tables(md)
     assert [t.heading for t in tables] == ["Table one", "Two"]
     assert tables[0].text.splitlines()[-1] == "| 1 | 2 |"
+
+
+def test_experiments_quick_attacks_and_screening_verdict(tmp_path, real_data_dir):
+    proc = run_script("experiments", "--quick", "--nodes", "10", "--sections", "central", "attacks",
+                      "--strategies", "fedavg", "screened-fedavg", "--attacks", "none", "boosted",
+                      "--name", "exp", "--results-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((tmp_path / "exp.json").read_text())
+    raw = meta["extra"]["raw"]
+    assert 0 < raw["central_mlp"][0]["f1"] <= 1
+    screened = raw["attack_screened-fedavg_boosted"][0]
+    assert 0 <= screened["detect_rate"] <= 1 and 0 <= screened["false_flag_rate"] <= 1
+    md = (tmp_path / "exp.md").read_text()
+    assert "Computed verdict, screening (screened-fedavg)" in md and "of boosted updates caught" in md
+    assert "fedavg (probe)" in md                  # unscreened strategies are scored by a probe

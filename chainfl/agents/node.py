@@ -306,8 +306,12 @@ class NodeAgent:
         r = task.round
         if not task.round_open or r < 1 or r > spec.rounds:
             return "idle"
-        if self.address in hist.submissions.get(r, {}) or self.registry.has_submitted(self.task_id, r, self.address):
-            return "idle"            # (the event, read already, saves the view call)
+        if self.address in hist.submissions.get(r, {}):
+            return "idle"
+        # the follower saw round r open, so it has seen every submission to r: no view call needed;
+        # a follower started after the round opened (a later --from-block) must ask the chain
+        if r not in hist.rounds and self.registry.has_submitted(self.task_id, r, self.address):
+            return "idle"
         if self.chain.latest_timestamp() > task.deadline:
             return "idle"
         state = self._load(task.head)

@@ -31,7 +31,7 @@ from chainfl import config
 from chainfl.chain.accounts import derive_account, dev_accounts, sign_transaction
 from chainfl.chain.nonce import NonceBook
 from chainfl.config import NodeSettings
-from chainfl.errors import ConfigError, TransactionError, TransactionReverted
+from chainfl.errors import ChainError, ConfigError, TransactionError, TransactionReverted
 
 log = logging.getLogger(__name__)
 
@@ -384,13 +384,15 @@ def _fn_label(contract_fn) -> str:
     return "contract deployment"
 
 
-def connect(url: str | None = None, home=None, settings: NodeSettings | None = None) -> Chain:
+def connect(url: str | None = None, home=None, settings: NodeSettings | None = None, *,
+            must_exist: bool = False) -> Chain:
     """Connect to the chain at ``url`` (default: ``config.default_rpc()``).
 
     ``eth-tester://`` — embedded py-evm persisted under ``<home>/chain`` (``home`` defaults to
     ``config.home_dir()``; ``eth-tester:///abs/dir`` names the directory), one process at a time;
     ``eth-tester://memory`` — embedded, in memory; ``http(s)://host:port`` — a JSON-RPC node.
-    ``settings`` default to ``ganache.env``.
+    ``settings`` default to ``ganache.env``. ``must_exist`` (commands that only read: audit,
+    detect, status) refuses to create a new, empty embedded chain where none was recorded.
     """
     from pathlib import Path
 
@@ -398,7 +400,7 @@ def connect(url: str | None = None, home=None, settings: NodeSettings | None = N
     settings = settings or config.load_node_settings()
     parsed = urlparse(url)
     if parsed.scheme == "eth-tester":
-        from chainfl.chain.embedded import EthTesterChain
+        from chainfl.chain.embedded import DB_FILE, EthTesterChain
 
         if parsed.netloc == "memory":
             return EthTesterChain(url, settings, directory=None)
@@ -409,6 +411,10 @@ def connect(url: str | None = None, home=None, settings: NodeSettings | None = N
             directory = Path(parsed.path)
         else:
             directory = Path(home or config.home_dir()) / "chain"
+        if must_exist and not (directory / DB_FILE).exists():
+            raise ChainError(f"no embedded chain in {directory}: nothing has been recorded there yet. "
+                             f"Point --rpc (or CHAINFL_RPC) at the chain that holds the task, or set "
+                             f"CHAINFL_HOME to the directory `chainfl run` used")
         return EthTesterChain(url, settings, directory=directory)
     if parsed.scheme in ("http", "https"):
         from chainfl.chain.rpc import RpcChain

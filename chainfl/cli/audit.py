@@ -61,7 +61,7 @@ def audit_cmd(ctx, task_id: int, rpc: str | None, store: str | None, registry_ad
     from chainfl.chain import connect
     from chainfl.storage import open_store
 
-    with connect(resolve_rpc(rpc)) as chain:
+    with connect(resolve_rpc(rpc), must_exist=True) as chain:
         registry = resolve_registry(chain, registry_address)
         report = audit_task(chain, registry, open_store(resolve_store(store)), task_id,
                             from_block=from_block, chunk=chunk, timeout=timeout)

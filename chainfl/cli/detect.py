@@ -43,11 +43,11 @@ def detect_cmd(task_id: int, rpc: str | None, registry_rpc: str | None, store: s
     target_url = rpc or home_url
     labels = read_labels(labels_path) if labels_path else None
     with contextlib.ExitStack() as stack:
-        home = stack.enter_context(connect(home_url))
+        home = stack.enter_context(connect(home_url, must_exist=True))
         registry = resolve_registry(home, registry_address)
         release, _ = load_release(home, registry, open_store(resolve_store(store)), task_id,
                                   audit=not no_audit, timeout=timeout)
-        target = home if target_url == home_url else stack.enter_context(connect(target_url))
+        target = home if target_url == home_url else stack.enter_context(connect(target_url, must_exist=True))
         scored = score_chain(release, target.w3, from_block, to_block, progress=not as_json)
     metrics = scored.metrics(labels) if labels is not None else None
     if out:

@@ -87,3 +87,12 @@ def test_registry_defaults_to_the_recorded_deployment(history, chainfl_home):
                                        "--store", store_dir.as_uri(), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["registry"] == chained.registry.address
+
+
+def test_an_embedded_chain_that_does_not_exist_is_named_not_created(tmp_path):
+    missing = tmp_path / "no-such-chain"
+    for args in (["audit", "--task", "1", "--rpc"], ["detect", "--task", "1", "--registry-rpc"]):
+        result = CliRunner().invoke(main, [*args, f"eth-tester://{missing}"])
+        assert result.exit_code == 1, result.output
+        assert f"no embedded chain in {missing}" in result.stderr and "Traceback" not in result.output
+    assert not missing.exists()                   # a read-only command leaves nothing behind

@@ -191,9 +191,8 @@ def render(raw: dict) -> str:
     comp = raw.get("comparison")
     if comp:
         lines += ["## Federated, 20 % attackers: summary", "", comp, "",
-                  "A boosted honest update (reference + 10 x delta) only enlarges an honest step, which this",
-                  "under-trained model can even profit from; sign-flipping (reference - 10 x delta) is the",
-                  "harmful model-poisoning case.", ""]
+                  "Boosted = model replacement: the attacker trains on flipped labels and submits",
+                  "reference + 10 x its delta; sign-flip = reference - 10 x an honest delta.", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -176,10 +176,13 @@ def _factory(name: str, **defaults) -> Callable[..., Strategy]:
 
 
 #: screening of the "screened-*" strategies: isolation from the nearest other updates (robust to
-#: the clusters label skew makes), at most 20 % of a round's updates flagged (the assumed bound on
-#: malicious nodes); measured in benchmarks/results/experiments_attacks.md
+#: the clusters label skew makes), at most 40 % of a round's updates flagged (screening presumes an
+#: honest majority and never excludes close to half a round). The cap is not what keeps honest
+#: updates in: measured on the real data, clean runs flag 4.4 % of honest updates with a cap of
+#: 0.2 or 0.4 alike, while a 0.2 cap let a third of the boosted updates through when 30 % of the
+#: nodes attacked (benchmarks/results/experiments_attacks*.md)
 NEIGHBOUR_SCREEN = ScreenConfig(method="neighbours", k_neighbours=2, max_ratio=3.0,
-                                norm_ratio_max=10.0, max_flag_frac=0.2)
+                                norm_ratio_max=10.0, max_flag_frac=0.4)
 
 #: name -> factory(**overrides) -> Strategy
 STRATEGIES: dict[str, Callable[..., Strategy]] = {

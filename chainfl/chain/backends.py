@@ -391,8 +391,8 @@ def connect(url: str | None = None, home=None, settings: NodeSettings | None = N
     ``eth-tester://`` — embedded py-evm persisted under ``<home>/chain`` (``home`` defaults to
     ``config.home_dir()``; ``eth-tester:///abs/dir`` names the directory), one process at a time;
     ``eth-tester://memory`` — embedded, in memory; ``http(s)://host:port`` — a JSON-RPC node.
-    ``settings`` default to ``ganache.env``. ``must_exist`` (commands that only read: audit,
-    detect, status) refuses to create a new, empty embedded chain where none was recorded.
+    ``settings`` default to ``ganache.env``. ``must_exist`` (commands that read a recorded task:
+    audit, detect) refuses to create a new, empty embedded chain where none was recorded.
     """
     from pathlib import Path
 

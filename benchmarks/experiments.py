@@ -269,8 +269,8 @@ def _verdicts(results: dict, strategies: Sequence[str], attacks: Sequence[Attack
     clean_fed = results.get(("fedavg", "none"))
     defences = [st for st in strategies if st != "fedavg"]
     for attack in attacks:
-        if attack.kind == "none" or not defences:
-            continue
+        if attack.kind == "none" or not defences or any((st, "none") not in results for st in defences):
+            continue                      # no clean run to compare with (e.g. --attacks sign-flip)
         f1 = {st: float(np.nanmean([r["f1"] for r in results[(st, attack.kind)]]))
               if not all(math.isnan(r["f1"]) for r in results[(st, attack.kind)]) else float("nan")
               for st in defences}

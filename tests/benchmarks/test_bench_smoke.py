@@ -253,3 +253,12 @@ def test_experiments_quick_attacks_and_screening_verdict(tmp_path, real_data_dir
     md = (tmp_path / "exp.md").read_text()
     assert "Computed verdict, screening (screened-fedavg)" in md and "of boosted updates caught" in md
     assert "fedavg (probe)" in md                  # unscreened strategies are scored by a probe
+
+
+def test_experiments_attack_without_a_clean_run_still_writes_its_table(tmp_path, real_data_dir):
+    proc = run_script("experiments", "--quick", "--nodes", "10", "--sections", "attacks",
+                      "--strategies", "fedavg", "multi-krum", "--attacks", "sign-flip",
+                      "--name", "exp", "--results-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (tmp_path / "exp.md").read_text()
+    assert "| multi-krum |" in md and "Computed verdict, sign-flip" not in md    # nothing to compare

@@ -29,6 +29,7 @@ import torch
 from chainfl.aggregation.attacks import AttackConfig, choose_malicious, poison_labels, poison_update
 from chainfl.aggregation.screening import screen
 from chainfl.aggregation.strategies import NEIGHBOUR_SCREEN, Strategy, Update, get_strategy
+from chainfl.errors import LearningError
 from chainfl.learning.batched import train_many
 from chainfl.learning.chained import NodeData, ValidationGate, run_chained
 from chainfl.learning.evaluate import evaluate_with_validation
@@ -199,9 +200,16 @@ def run_federated(s: Setup, model_cfg: ModelConfig, train_cfg: TrainConfig, fc: 
             return {"f1": float("nan"), "diverged": r, "round_s": None, "curve": curve,
                     "detect_rate": None, "false_flag_rate": None}
         if eval_every and r % eval_every == 0:
-            curve.append((r, test_metrics(model_cfg, state, s)["f1"]))
+            try:
+                curve.append((r, test_metrics(model_cfg, state, s)["f1"]))
+            except LearningError:
+                curve.append((r, float("nan")))
     secs = (time.perf_counter() - t0) / fc.rounds
-    m = test_metrics(model_cfg, state, s)
+    try:
+        m = test_metrics(model_cfg, state, s)
+    except LearningError:          # finite but huge weights: the scores overflow to NaN
+        return {"f1": float("nan"), "diverged": fc.rounds, "round_s": secs, "curve": curve,
+                "detect_rate": None, "false_flag_rate": None}
     m.update({"round_s": secs, "curve": curve, "diverged": None,
               "detect_rate": caught / max(1, caught + missed) if bad else None,
               "detect_rate_weighted": w_caught / w_bad if bad and w_bad else None,

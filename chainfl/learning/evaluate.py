@@ -14,6 +14,7 @@ import torch
 from sklearn.metrics import (average_precision_score, confusion_matrix, precision_recall_curve,
                              precision_recall_fscore_support, roc_auc_score)
 
+from chainfl.errors import LearningError
 from chainfl.learning.models import ModelConfig, build_model, set_state
 
 
@@ -25,7 +26,13 @@ def predict_scores(model_cfg: ModelConfig, state: Mapping[str, np.ndarray], X: n
     model.eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(X))          # [n]
-    return torch.sigmoid(logits.double()).numpy()
+    scores = torch.sigmoid(logits.double()).numpy()
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        raise LearningError(f"the model gives no finite score for {int(bad.sum())} of {scores.size} rows "
+                            f"(first: row {int(np.flatnonzero(bad)[0])}): its weights have diverged or the "
+                            f"input holds NaN/inf; retrain with a lower learning rate or a robust strategy")
+    return scores
 
 
 def choose_threshold(scores: np.ndarray, y: np.ndarray) -> float:

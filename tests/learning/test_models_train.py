@@ -141,3 +141,17 @@ def test_predict_scores_are_probabilities(data):
     cfg = ModelConfig(kind="logreg")
     p = predict_scores(cfg, get_state(build_model(cfg, X.shape[1])), X[:50])
     assert p.shape == (50,) and np.all((p > 0) & (p < 1))
+
+
+def test_a_diverged_model_is_a_clear_error_not_nan_scores():
+    cfg = ModelConfig(hidden=(4,))
+    state = get_state(build_model(cfg, 3, 0))
+    X = np.ones((5, 3), np.float32)
+    assert np.isfinite(predict_scores(cfg, state, X)).all()
+    first = next(k for k, v in state.items() if v.ndim == 2)
+    huge = dict(state)
+    huge[first] = np.full_like(state[first], 3e38)        # finite weights, hidden units overflow to inf
+    out = [k for k, v in state.items() if v.ndim == 2][-1]
+    huge[out] = np.array([[1, -1, 1, -1]], np.float32)     # inf - inf = NaN at the output
+    with pytest.raises(LearningError, match="no finite score for 5 of 5 rows .* diverged"):
+        predict_scores(cfg, huge, X)

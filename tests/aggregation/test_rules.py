@@ -128,10 +128,12 @@ def test_signed_zeros_do_not_break_order_independence(rule):
 
 @pytest.mark.parametrize("rule", ["median", "trimmed-mean", "krum", "multi-krum"])
 @settings(max_examples=40, deadline=None)
-@given(data=update_sets(min_n=5, max_n=9), scale=st.floats(1e3, 1e9))
+@given(data=update_sets(min_n=5, max_n=9), scale=st.floats(1e4, 1e9))
 def test_one_outlier_has_bounded_influence(rule, data, scale):
     # honest updates in [-1e3, 1e3]; one arbitrarily large outlier must not drag the robust result
-    # outside the honest range per coordinate (for krum-type rules: outside the honest hull)
+    # outside the honest range per coordinate (for krum-type rules: outside the honest hull).
+    # The outlier lies beyond 10x the honest bound: at 1e3 itself an honest -1e3 among zeros is
+    # exactly as isolated as it is, and Multi-Krum may rightly keep either (hypothesis found that tie)
     ups, weights, _ = data
     outlier = np.full_like(ups[0], scale)
     out = RULE_CALLS[rule](ups + [outlier], weights + [1])

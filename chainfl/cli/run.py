@@ -20,7 +20,7 @@ def _table(result) -> None:
         ("nodes x rounds", f"{c.nodes} x {c.rounds}"),
         ("strategy" if c.mode == "federated" else "validation gate",
          c.strategy if c.mode == "federated" else ("on" if c.gate else "off")),
-        ("attack", "none" if c.attack == "none" else f"{c.attack} ({len(result.data.get('malicious', []))} nodes)"),
+        ("attack", "none" if c.attack == "none" else f"{c.attack} ({_nodes(len(result.data.get('malicious', [])))})"),
         ("data", f"{result.data.get('source')} ({c.partition})"),
         (f"F1 on {t.get('source')}", f"{t['f1']:.3f}"),
         ("precision / recall", f"{t['precision']:.3f} / {t['recall']:.3f}"),
@@ -41,6 +41,10 @@ def _table(result) -> None:
     for k, v in rows:
         table.add_row(k, str(v))
     Console().print(table)
+
+
+def _nodes(n: int) -> str:
+    return f"{n} node" if n == 1 else f"{n} nodes"
 
 
 def _f(v) -> str:

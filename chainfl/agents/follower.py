@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from chainfl.chain.registry import Mode, TaskState
 from chainfl.errors import AgentError
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,23 @@ class TaskHistory:
         elif name == "RoundFinalized":
             self.finalized[int(a["round"])] = a
             self.cids[a["digest"]] = a["cid"]
+
+    def federated_state(self, task_id: int) -> TaskState:
+        """The federated task's state as ``Registry.task`` would return it at the last block read,
+        derived from the events (closed, current round, open or not, its global model and
+        deadline), so an agent deciding what to do needs no view call. Chained-mode fields are
+        left empty; agents re-read the chain right before they send anything."""
+        if self.created is None:
+            raise AgentError(f"task {task_id}: TaskCreated not read yet (poll first)")
+        r = max(self.rounds, default=0)
+        opened = self.rounds.get(r)
+        head = bytes(opened["globalModel"]) if opened else bytes(self.created["initialDigest"])
+        if r in self.finalized:
+            head = bytes(self.finalized[r]["digest"])
+        return TaskState(task_id=int(task_id), mode=Mode.FEDERATED, closed=self.closed is not None,
+                         round_open=opened is not None and r not in self.finalized and self.closed is None,
+                         coordinator=self.created["coordinator"], expected=None, head_node=None, seq=r,
+                         deadline=int(opened["deadline"]) if opened else 0, head=head, accepted=head)
 
     def cid_of(self, digest: bytes) -> str:
         try:

@@ -11,7 +11,9 @@ one thing left to do from them:
   with the reason (``rejectHandoff``), and training starts from the last accepted model. Then
   train on the local data, store the result, and record the handoff to the next node.
 * **federated** — when a round is open, its deadline not passed, and this node has not submitted
-  to it (``hasSubmitted``): fetch and verify the round's global model, train, store, submit.
+  to it (``hasSubmitted``): fetch and verify the round's global model, train, store, submit. The
+  decision is taken from the events already read (``TaskHistory.federated_state``, tested equal to
+  the chain's ``task`` view); the chain itself is re-read right before sending.
 * **end** — once training is over (chained: ``rounds × nodes`` handoffs; federated: the last round
   finalized) it sends the coordinator a signed histogram of its validation scores per class
   (:mod:`chainfl.agents.reports`) for the candidate final model(s).
@@ -163,7 +165,10 @@ class NodeAgent:
         self.follower.catch_up()
         if not self._ensure_spec():
             return "waiting"
-        task = self.registry.task(self.task_id)
+        # federated: the events already read say everything the decision needs (no view call);
+        # chained hand-off state (head, expected, accepted) is read from the chain
+        task = self.follower.history.federated_state(self.task_id) if self.spec.mode == "federated" \
+            else self.registry.task(self.task_id)
         if task.closed:
             return "done"
         if task.mode == Mode.CHAINED:

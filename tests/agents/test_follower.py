@@ -86,3 +86,28 @@ def test_a_follower_of_another_task_is_refused(world):
     follower = EventFollower(world.registry, task_id=7)
     with pytest.raises(AgentError, match="shared follower follows task 7"):
         NodeAgent(world.registry, world.store, world.accounts[0], 8, world.datas[0], follower=follower)
+
+
+def test_federated_state_from_events_equals_the_chain_at_every_step(world):
+    from chainfl.agents.follower import EventFollower
+
+    coordinator = world.coordinator()
+    start = world.chain.block_number()
+    task_id = coordinator.create_task(world.spec("federated", rounds=2, strategy="fedavg"))
+    agents = [world.agent(i, task_id, start_block=start) for i in range(3)]
+    follower = EventFollower(world.registry, task_id, start_block=start)
+    fields = ("mode", "closed", "round_open", "coordinator", "seq", "deadline", "head", "accepted")
+    seen = set()
+    for _ in range(60):
+        follower.catch_up()
+        derived, chain = follower.history.federated_state(task_id), world.registry.task(task_id)
+        assert {f: getattr(derived, f) for f in fields} == {f: getattr(chain, f) for f in fields}
+        seen.add((chain.seq, chain.round_open, chain.closed))
+        if coordinator.step() == "done":
+            break
+        for a in agents:
+            a.step()
+    follower.catch_up()
+    assert follower.history.federated_state(task_id).closed and world.registry.task(task_id).closed
+    # before round 1, open and finalized rounds, and the closed task were all compared
+    assert {(0, False, False), (1, True, False), (1, False, False), (2, True, False)} <= seen

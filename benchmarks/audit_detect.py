@@ -15,6 +15,7 @@ decode of every blob, the handoff replay and the recomputation of every aggregat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -182,17 +183,7 @@ def main(argv=None) -> None:
         return scale(args)
 
     load_before = os.getloadavg()[0]
-    node = None
-    url = args.rpc
-    if url is None:
-        from chainfl import config
-        from chainfl.chain.nodes import LocalNode
-
-        node = LocalNode("anvil", settings=config.load_node_settings(), port=args.port,
-                         log_dir=Path(tempfile.mkdtemp(prefix="bench-anvil-")))
-        node.start(timeout=60)
-        url = node.url
-    try:
+    with anvil_unless(args.rpc, args.port) as url:
         store = open_store(Path(tempfile.mkdtemp(prefix="bench-store-")).as_uri())
         with connect(url) as chain:
             log(f"recording {args.handoffs} chained handoffs on {url}")
@@ -211,9 +202,6 @@ def main(argv=None) -> None:
             log(f"federated audit: median {federated['median_s']:.2f} s")
             detect = time_detect(chain, args.accounts, args.repeats)
             log(f"detect: {detect['blocks_per_s']:.0f} blocks/s, {detect['accounts_per_s_scoring']:.0f} accounts/s")
-    finally:
-        if node is not None:
-            node.stop()
 
     audit_table = Table(
         "Audit time on Anvil (median of repeated runs)",
@@ -264,25 +252,34 @@ def main(argv=None) -> None:
     log(f"results written to {path}")
 
 
-def scale(args) -> None:
-    """Audit time of one long chained history (N handoffs = N + 1 task events)."""
+@contextlib.contextmanager
+def anvil_unless(url: str | None, port: int):
+    """Yield ``url``, or, when it is None, the URL of an Anvil started here (stopped afterwards)."""
+    if url is not None:
+        yield url
+        return
     from chainfl import config
     from chainfl.chain.nodes import LocalNode
 
-    load_before = os.getloadavg()[0]
-    node = daemon = None
-    url = args.rpc
-    if url is None:
-        node = LocalNode("anvil", settings=config.load_node_settings(), port=args.port,
-                         log_dir=Path(tempfile.mkdtemp(prefix="bench-anvil-")))
-        node.start(timeout=60)
-        url = node.url
+    node = LocalNode("anvil", settings=config.load_node_settings(), port=port,
+                     log_dir=Path(tempfile.mkdtemp(prefix="bench-anvil-")))
+    node.start(timeout=60)
     try:
+        yield node.url
+    finally:
+        node.stop()
+
+
+def scale(args) -> None:
+    """Audit time of one long chained history (N handoffs = N + 1 task events)."""
+    load_before = os.getloadavg()[0]
+    with anvil_unless(args.rpc, args.port) as url, contextlib.ExitStack() as stack:
         if args.ipfs:
             from chainfl.storage.daemon import IpfsDaemon
 
             daemon = IpfsDaemon(repo_dir=tempfile.mkdtemp(prefix="bench-ipfs-"), api_port=args.port + 100)
             daemon.start(timeout=120)
+            stack.callback(daemon.stop)
             store = open_store(daemon.url)
         else:
             store = open_store(Path(tempfile.mkdtemp(prefix="bench-store-")).as_uri())
@@ -293,11 +290,6 @@ def scale(args) -> None:
             recording = time.perf_counter() - t0
             result = time_audit(chain, registry, store, task, args.repeats)
             blocks = int(chain.w3.eth.block_number)
-    finally:
-        if daemon is not None:
-            daemon.stop()
-        if node is not None:
-            node.stop()
     table = Table("Audit of one long chained history on Anvil (median of repeated runs)",
                   ["handoffs", "events", "blocks", "blobs verified", "log queries (s)", "full audit (s)",
                    "runs (s)", "recording (s)"],

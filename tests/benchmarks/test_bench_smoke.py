@@ -262,3 +262,26 @@ def test_experiments_attack_without_a_clean_run_still_writes_its_table(tmp_path,
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = (tmp_path / "exp.md").read_text()
     assert "| multi-krum |" in md and "Computed verdict, sign-flip" not in md    # nothing to compare
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_audit_detect_tiny_starts_and_stops_its_own_anvil(tmp_path):
+    port = _free_port()
+    proc = run_script("audit_detect", "--handoffs", "20", "--nodes", "3", "--rounds", "2", "--accounts", "30",
+                      "--repeats", "1", "--port", str(port), "--results-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((tmp_path / "audit_detect.json").read_text())
+    assert meta["extra"]["chained"]["events"] == 20 + 1           # the handoffs + TaskCreated
+    assert meta["extra"]["federated"]["aggregates"] == 2          # every round's aggregate recomputed
+    assert meta["headline"]["detect_accounts_per_s"] > 0
+    import socket
+
+    with socket.socket() as s, pytest.raises(ConnectionRefusedError):   # Anvil was stopped
+        s.connect(("127.0.0.1", port))

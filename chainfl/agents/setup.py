@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from chainfl.agents.spec import TaskSpec
-from chainfl.aggregation.strategies import get_strategy
+from chainfl.aggregation.strategies import Strategy, get_strategy
 from chainfl.chain.registry import Registry
 from chainfl.data.scaling import FeatureStats, Scaler
 from chainfl.errors import ConfigError, DeploymentError
@@ -87,15 +87,19 @@ def open_registry(chain, address: str | None = None, *, deploy: bool = False, ad
 
 def build_spec(*, mode: str, nodes, rounds: int, stats: list[FeatureStats], hidden=(32, 16),
                model_kind: str = "mlp", epochs: int = 1, batch_size: int = 32, lr: float = 1e-2,
-               strategy: str = "fedavg", gate: bool = True, seed: int = 0, round_seconds: int = 600,
-               quorum: int = 0) -> TaskSpec:
-    """A :class:`TaskSpec` whose scaler is agreed from the nodes' aggregate statistics only."""
+               strategy: str | Strategy = "fedavg", gate: bool = True, seed: int = 0,
+               round_seconds: int = 600, quorum: int = 0) -> TaskSpec:
+    """A :class:`TaskSpec` whose scaler is agreed from the nodes' aggregate statistics only.
+
+    ``strategy`` is a name from ``STRATEGIES`` or a configured :class:`Strategy` (e.g. screening
+    with another flag cap); its full spec is recorded, so the coordinator and auditors use exactly it.
+    """
     if not stats:
         raise ConfigError("no node statistics: each node runs `chainfl node stats` and the coordinator "
                           "gets the files with --stats")
     scaler = Scaler.federated(stats)
     if mode == "federated":
-        strategy_spec = get_strategy(strategy).spec()
+        strategy_spec = (strategy if isinstance(strategy, Strategy) else get_strategy(strategy)).spec()
     elif mode == "chained":
         strategy_spec = {}
     else:

@@ -183,7 +183,8 @@ def _factory(name: str, **defaults) -> Callable[..., Strategy]:
 #: 98.7 %; but under strong label skew (Dirichlet 0.1) honest nodes holding mostly one class are
 #: isolated too, and a 0.4 cap flagged 35 % of honest updates in clean runs and cost 13 F1 points
 #: (0.881 -> 0.750) where 0.2 costs none. Raise it with ``get_strategy("screened-fedavg",
-#: screening=replace(NEIGHBOUR_SCREEN, max_flag_frac=0.4))`` when more attackers than skew are expected.
+#: screening=replace(NEIGHBOUR_SCREEN, max_flag_frac=0.4))`` (pass that to ``build_spec(strategy=...)``
+#: for a task on chain) when more attackers than label skew are expected.
 NEIGHBOUR_SCREEN = ScreenConfig(method="neighbours", k_neighbours=2, max_ratio=3.0,
                                 norm_ratio_max=10.0, max_flag_frac=0.2)
 

@@ -46,3 +46,21 @@ def test_bad_bytes_name_the_problem():
     from chainfl.agents.spec import canonical_json
     with pytest.raises(ConfigError, match="unknown fields: extra"):
         TaskSpec.from_bytes(canonical_json(good))
+
+
+def test_a_configured_strategy_is_recorded_whole_and_rebuilt_by_the_coordinator_side():
+    from dataclasses import replace
+
+    import numpy as np
+
+    from chainfl.agents.setup import build_spec
+    from chainfl.aggregation.strategies import NEIGHBOUR_SCREEN, Strategy, get_strategy
+    from chainfl.data.scaling import FeatureStats
+
+    stats = [FeatureStats.compute(np.arange(12, dtype=np.float32).reshape(4, 3), ("a", "b", "c"))]
+    wider = get_strategy("screened-fedavg", screening=replace(NEIGHBOUR_SCREEN, max_flag_frac=0.4))
+    spec = build_spec(mode="federated", nodes=NODES, rounds=2, stats=stats, strategy=wider)
+    rebuilt = Strategy.from_spec(TaskSpec.from_bytes(spec.to_bytes()).strategy)
+    assert rebuilt == wider and rebuilt.screening.max_flag_frac == 0.4
+    by_name = build_spec(mode="federated", nodes=NODES, rounds=2, stats=stats, strategy="screened-fedavg")
+    assert Strategy.from_spec(by_name.strategy).screening.max_flag_frac == 0.2

@@ -11,9 +11,10 @@ one thing left to do from them:
   with the reason (``rejectHandoff``), and training starts from the last accepted model. Then
   train on the local data, store the result, and record the handoff to the next node.
 * **federated** — when a round is open, its deadline not passed, and this node has not submitted
-  to it (``hasSubmitted``): fetch and verify the round's global model, train, store, submit. The
-  decision is taken from the events already read (``TaskHistory.federated_state``, tested equal to
-  the chain's ``task`` view); the chain itself is re-read right before sending.
+  to it: fetch and verify the round's global model, train, store, submit. The decision is taken
+  from the events already read (``TaskHistory.federated_state``, tested equal to the chain's
+  ``task`` view; ``UpdateSubmitted``); the task state and ``hasSubmitted`` are re-read on chain
+  right before sending.
 * **end** — once training is over (chained: ``rounds × nodes`` handoffs; federated: the last round
   finalized) it sends the coordinator a signed histogram of its validation scores per class
   (:mod:`chainfl.agents.reports`) for the candidate final model(s).
@@ -311,11 +312,9 @@ class NodeAgent:
         r = task.round
         if not task.round_open or r < 1 or r > spec.rounds:
             return "idle"
+        # the follower has read from the task's creation (the spec needs TaskCreated), so it has
+        # seen round r open and every submission to it: no view call needed here
         if self.address in hist.submissions.get(r, {}):
-            return "idle"
-        # the follower saw round r open, so it has seen every submission to r: no view call needed;
-        # a follower started after the round opened (a later --from-block) must ask the chain
-        if r not in hist.rounds and self.registry.has_submitted(self.task_id, r, self.address):
             return "idle"
         if self.chain.latest_timestamp() > task.deadline:
             return "idle"

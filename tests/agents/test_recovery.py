@@ -49,25 +49,6 @@ def test_restarted_agent_submits_exactly_once_with_the_same_bytes(world, mode):
     assert mine["digest"] == CrashingAgent.stored.digest and mine["cid"] == CrashingAgent.stored.cid
 
 
-def test_an_agent_restarted_from_a_later_block_asks_the_chain_and_does_not_retrain(world):
-    coordinator = world.coordinator()
-    task_id = coordinator.create_task(world.spec("federated", rounds=1))
-    created = world.chain.block_number()
-    coordinator.step()                                   # opens round 1
-    assert world.agent(0, task_id, start_block=created).step() == "submitted"
-
-    # a follower that starts after the round opened (defensive: agents normally follow from the
-    # task's creation) cannot see the submission in its events; the chain is asked instead
-    later = world.agent(0, task_id, start_block=world.chain.block_number() + 1)
-    full = world.agent(0, task_id)
-    full.follower.catch_up()
-    later.follower.history.created = full.follower.history.created      # it knows the task's spec
-    trained = []
-    later._train = lambda *a, **k: trained.append(1)     # must not be reached
-    assert later.step() == "idle" and trained == []
-    assert len(world.events(task_id, "UpdateSubmitted")) == 1
-
-
 class LateAgent(NodeAgent):
     """Its training outlasts the round: the chain's clock passes the deadline before it submits."""
 

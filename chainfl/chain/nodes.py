@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Sequence
 
 from chainfl.config import NodeSettings
 from chainfl.errors import ChainError, ConfigError
@@ -118,11 +119,14 @@ class LocalNode:
 
     ``port`` None takes ganache.env's port for the kind (CHAIN_PORT / ANVIL_PORT); ``port=0`` picks
     a free port (parallel test sessions). ``log_dir`` holds ``<kind>.log`` and ``<kind>.pid``
-    (a fresh temporary directory when None, and no pid file is written there).
+    (a fresh temporary directory when None, and no pid file is written there). ``extra_args`` go
+    to the node's command line after the settings, e.g. ``("--prune-history",)`` for an Anvil that
+    keeps only the latest state (an ordinary, non-archive node) or ``("--timestamp", "1700000000")``
+    for a fixed genesis time.
     """
 
     def __init__(self, kind: str, settings: NodeSettings, port: int | None = None,
-                 log_dir: str | Path | None = None):
+                 log_dir: str | Path | None = None, extra_args: Sequence[str] = ()):
         if kind not in KINDS:
             raise ConfigError(f"unknown node kind {kind!r}; choose one of {', '.join(KINDS)}")
         self.kind = kind
@@ -131,6 +135,7 @@ class LocalNode:
             port = _free_port(settings.host)
         self.port = int(port) if port else (settings.anvil_port if kind == "anvil" else settings.port)
         self.log_dir = Path(log_dir) if log_dir else None
+        self.extra_args = tuple(str(a) for a in extra_args)
         self.process: subprocess.Popen | None = None
         self.log_path: Path | None = None
 
@@ -157,7 +162,7 @@ class LocalNode:
         if answer is not None:
             raise ChainError(f"something already answers at {self.url} (chain id {int(answer, 16)}); "
                              f"stop it (`chainfl chain down`) or use another port")
-        command = node_command(self.kind, self.settings, self.port)
+        command = node_command(self.kind, self.settings, self.port) + list(self.extra_args)
         log_dir = self.log_dir or Path(tempfile.mkdtemp(prefix=f"chainfl-{self.kind}-"))
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{self.kind}.log"

@@ -1,8 +1,11 @@
 """Thin chain reads/writes shared by feature extraction and the simulator.
 
-HTTP providers get JSON-RPC batch requests with raw hex results parsed here (web3's per-field
-result formatters cost more than the node itself on big blocks); in-process providers (eth-tester)
-get plain web3 calls, one per block or address — never one per transaction.
+HTTP providers get JSON-RPC batch requests (at most :data:`BATCH` calls each) with raw hex results
+parsed here (web3's per-field result formatters cost more than the node itself on big blocks);
+in-process providers (eth-tester) get plain web3 calls, one per block or address. Receipts are read
+only for the transactions that need one (contract creations), never for every transaction.
+Nothing here reads state at a past block: code is read at ``latest``, so an ordinary (non-archive)
+node serves every call.
 """
 
 from __future__ import annotations
@@ -70,6 +73,17 @@ def _batch(w3, calls: list[tuple[str, list]]) -> list:
     return out
 
 
+#: Most calls per JSON-RPC batch request (public providers commonly cap batches at 100-1,000).
+BATCH = 500
+
+
+def _batch_chunked(w3, calls: list[tuple[str, list]]) -> list:
+    out = []
+    for start in range(0, len(calls), BATCH):
+        out.extend(_batch(w3, calls[start:start + BATCH]))
+    return out
+
+
 def fetch_blocks(w3, numbers: list[int]) -> list[RawBlock]:
     """Blocks with full transactions, in the order of ``numbers``."""
     try:
@@ -84,20 +98,49 @@ def fetch_blocks(w3, numbers: list[int]) -> list[RawBlock]:
     return [_parse_block(b) for b in results]
 
 
-def has_code(w3, addresses: list[str], block: int) -> list[bool]:
-    """Whether each address had contract code at ``block``."""
+def codes(w3, addresses: list[str]) -> list[bytes]:
+    """Each address's code at the **latest** block (the only state a non-archive node is sure to
+    have: an ``eth_getCode`` at an older block fails there with e.g. ``BlockOutOfRangeError``)."""
     from web3 import Web3
 
     try:
         if batched(w3):
-            codes = _batch(w3, [("eth_getCode", [a, hex(block)]) for a in addresses])
+            found = _batch_chunked(w3, [("eth_getCode", [a, "latest"]) for a in addresses])
         else:
-            codes = [w3.eth.get_code(Web3.to_checksum_address(a), block) for a in addresses]
+            found = [w3.eth.get_code(Web3.to_checksum_address(a), "latest") for a in addresses]
     except ChainError:
         raise
     except Exception as e:
-        raise ChainError(f"eth_getCode at block {block} failed: {e}") from e
-    return [len(_hex_bytes(c)) > 0 for c in codes]
+        raise ChainError(f"eth_getCode at the latest block failed: {e}") from e
+    return [_hex_bytes(c) for c in found]
+
+
+@dataclass(frozen=True)
+class RawReceipt:
+    tx_hash: bytes
+    status: int                    # 1 success, 0 failure
+    contract_address: str | None   # lower-case hex; set for contract creations
+
+
+def receipts(w3, tx_hashes: list[bytes]) -> list[RawReceipt]:
+    """Receipts of ``tx_hashes`` (block data: every full node keeps them, archive or not)."""
+    try:
+        if batched(w3):
+            found = _batch_chunked(w3, [("eth_getTransactionReceipt", ["0x" + h.hex()]) for h in tx_hashes])
+        else:
+            found = [w3.eth.get_transaction_receipt(h) for h in tx_hashes]
+    except ChainError:
+        raise
+    except Exception as e:
+        raise ChainError(f"eth_getTransactionReceipt failed: {e}") from e
+    out = []
+    for h, r in zip(tx_hashes, found):
+        if r is None:
+            raise ChainError(f"the node has no receipt for transaction 0x{h.hex()}, which is in a block it "
+                             f"served; use a node that keeps the receipts of the blocks you read")
+        status = r.get("status")
+        out.append(RawReceipt(h, 1 if status is None else _int(status), _addr(r.get("contractAddress"))))
+    return out
 
 
 def tx_counts(w3, addresses: list[str]) -> list[int]:

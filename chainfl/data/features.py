@@ -8,16 +8,48 @@ Two layers:
   features of :data:`chainfl.data.schema.DERIVED_FROM_CHAIN`;
 * :func:`extract_features`, the thin I/O layer: reads blocks with full transactions in JSON-RPC
   batches (when the provider supports batches; else one request per block, never one per
-  transaction), asks ``eth_getCode`` once per new recipient (batched) to tell contracts from
-  externally owned accounts, and shows a tqdm progress bar on stderr.
+  transaction), the receipts of contract-creation transactions only, and ``eth_getCode`` at the
+  **latest** block once per new recipient (batched); it shows a tqdm progress bar on stderr.
+
+**Ordinary (non-archive) nodes.** Nothing is read at a past block: blocks, transactions and receipts
+are block data, which every full node serves for the blocks it has, and code is read at ``latest``,
+the one state every node holds. (An archive-only call such as ``eth_getCode(address, 1)`` fails on
+a node without history, e.g. ``BlockOutOfRangeError`` on Anvil ``--prune-history``.) So an archive
+node and an ordinary node give bit-identical features for the same blocks read at the same latest
+state (``tests/data/test_features_nodes.py``).
 
 What is and is not counted: every transaction in a block counts, whatever its execution status
 (the status is in the receipt, and fetching receipts would cost one request per transaction);
 value moved by contracts internally (internal transactions) is not visible in blocks and is not
 counted; ERC20 transfers are not decoded. A transaction creating a contract counts as a created
 contract of the sender (not as a sent transaction) and its value as ether sent to a contract.
-A recipient is a contract when the range created it or it had code at the block where it was
-first seen as a recipient.
+
+**Which recipients are contracts** — decided when an address is first seen (as a recipient or as a
+created contract), and changed only by its creation:
+
+1. a contract-creation transaction of the range that succeeded (receipt ``status`` 1) created it
+   (the address is the receipt's ``contractAddress``) in an earlier block or the same block; from
+   its creation on an address is a contract even if it destroyed itself later;
+2. otherwise, it has code at the latest block when it is first seen; an EIP-7702 delegation
+   designator (``0xef0100`` + address: an externally owned account that delegates to code) counts
+   as no code — the account still holds a key and sends its own transactions.
+
+This is exact — the status an address had in the block where it was first seen — except for an
+address whose code at the latest block differs from its code then, which only happens when
+
+* a contract received ether in the range and self-destructed before the latest block without
+  having been created by a top-level transaction of the range: counted as an externally owned
+  account. Since the Cancun upgrade (EIP-6780, mainnet March 2024) SELFDESTRUCT removes code only
+  in the transaction that created the contract, so on such chains this can only affect
+  self-destructions before the upgrade;
+* code was deployed later at an address that had already been paid in the range (a CREATE2 or
+  CREATE to a precomputed address by a contract — a "counterfactual" wallet): counted as a contract
+  from the start. Top-level creations are not affected (rule 1 and their receipts).
+
+Those are also the only accounts whose features can change when the same blocks are read again
+later (or a resumed extraction meets a later latest state). A failed creation (receipt ``status`` 0)
+still counts as a created contract of its sender, but its address holds no code and is not a
+contract.
 """
 
 from __future__ import annotations
@@ -236,13 +268,36 @@ class FeatureResult:
 
 # --- I/O: reading blocks --------------------------------------------------------------------
 
-def _block_txs(block) -> list[Tx]:
-    """A :class:`chainfl.data._rpc.RawBlock` as feature records."""
-    out = []
-    for t in block.txs:
-        created = contract_address(t.sender, t.nonce) if t.to is None else None
-        out.append(Tx(block.number, block.timestamp, t.sender, t.to, t.value, created))
-    return out
+#: EIP-7702 delegation designator prefix: code ``0xef0100 || address`` (23 bytes) marks an externally
+#: owned account that delegates execution to ``address``.
+DELEGATION_PREFIX = bytes.fromhex("ef0100")
+
+
+def is_contract_code(code: bytes) -> bool:
+    """Pure: whether code read from a chain makes its address a contract (see the module docstring):
+    any code but an EIP-7702 delegation designator."""
+    code = bytes(code)
+    if len(code) == 23 and code.startswith(DELEGATION_PREFIX):
+        return False
+    return len(code) > 0
+
+
+def _block_txs(block, created: dict[bytes, str | None]) -> list[Tx]:
+    """A :class:`chainfl.data._rpc.RawBlock` as feature records; ``created`` maps each creation's
+    hash to the contract it created (None when the creation failed)."""
+    return [Tx(block.number, block.timestamp, t.sender, t.to, t.value, created.get(t.hash) if t.to is None else None)
+            for t in block.txs]
+
+
+def _created_contracts(w3, blocks) -> dict[bytes, str | None]:
+    """tx hash -> created contract address (None if the creation failed), from the receipts of the
+    creation transactions of ``blocks`` (one batch)."""
+    from chainfl.data import _rpc
+
+    hashes = [t.hash for b in blocks for t in b.txs if t.to is None]
+    if not hashes:
+        return {}
+    return {r.tx_hash: (r.contract_address if r.status == 1 else None) for r in _rpc.receipts(w3, hashes)}
 
 
 def extract_features(w3, from_block: int | None = None, to_block: int | None = None,
@@ -250,8 +305,9 @@ def extract_features(w3, from_block: int | None = None, to_block: int | None = N
                      batch_size: int = 50) -> FeatureResult:
     """Fold blocks ``from_block..to_block`` (inclusive) into ``state`` (a new one if None).
 
-    Resuming: pass the previous result's ``state`` and ``from_block=state.next_block`` (or
-    None); the result equals one pass over the whole range. ``to_block`` None = latest block.
+    Needs no archive state (see the module docstring). Resuming: pass the previous result's
+    ``state`` and ``from_block=state.next_block`` (or None); the result equals one pass over the
+    whole range. ``to_block`` None = latest block.
     """
     from chainfl.data import _rpc
 
@@ -278,9 +334,12 @@ def extract_features(w3, from_block: int | None = None, to_block: int | None = N
     try:
         for start in range(from_block, to_block + 1, batch_size):
             numbers = list(range(start, min(start + batch_size, to_block + 1)))
-            for block in _rpc.fetch_blocks(w3, numbers):
-                txs = _block_txs(block)
-                _resolve_contracts(w3, state, txs)
+            blocks = _rpc.fetch_blocks(w3, numbers)
+            created = _created_contracts(w3, blocks)
+            per_block = [_block_txs(block, created) for block in blocks]
+            code = _latest_code(w3, state, [t for txs in per_block for t in txs])
+            for block, txs in zip(blocks, per_block):
+                _resolve_contracts(state, txs, code)
                 state.add_all(txs)
                 state.next_block = block.number + 1
             bar.update(len(numbers))
@@ -290,14 +349,23 @@ def extract_features(w3, from_block: int | None = None, to_block: int | None = N
     return FeatureResult(state)
 
 
-def _resolve_contracts(w3, state: FeatureState, txs: list[Tx]) -> None:
-    """Learn whether each not-yet-seen recipient has code (one batched eth_getCode per address)."""
+def _latest_code(w3, state: FeatureState, txs: list[Tx]) -> dict[str, bool]:
+    """Whether each recipient not yet known to ``state`` is a contract by its code at the latest
+    block (one batched eth_getCode per address, for a whole batch of blocks)."""
     from chainfl.data import _rpc
 
-    created_here = {t.created for t in txs if t.created}
-    for address in created_here:       # the node may order a call before the creation in a block
-        state.contracts[address] = True
     unknown = list(dict.fromkeys(t.to for t in txs if t.to and t.to not in state.contracts))
-    if unknown:
-        for address, code in zip(unknown, _rpc.has_code(w3, unknown, txs[0].block)):
-            state.contracts[address] = code
+    if not unknown:
+        return {}
+    return {a: is_contract_code(c) for a, c in zip(unknown, _rpc.codes(w3, unknown))}
+
+
+def _resolve_contracts(state: FeatureState, txs: list[Tx], code: dict[str, bool]) -> None:
+    """Pure: fix the contract status of one block's new recipients (rules 1-2 of the module
+    docstring) before its transactions are folded in."""
+    for t in txs:                      # the node may order a call before the creation in a block
+        if t.created:
+            state.contracts[t.created] = True
+    for t in txs:
+        if t.to and t.to not in state.contracts:
+            state.contracts[t.to] = code[t.to]

@@ -9,9 +9,13 @@ transaction history. Units: ether for values, minutes for times, plain counts ot
 from raw blocks (plain transactions: sender, recipient, value, timestamp). The ERC20 features need
 token-transfer logs and token metadata and are not derived from chain data here; a model meant to
 run on both the real dataset and chain-derived features should use ``DERIVED_FROM_CHAIN`` only.
+:func:`chain_computable` splits any feature list into the two (``chainfl detect`` refuses a model
+that reads a feature outside ``DERIVED_FROM_CHAIN``; a task can check its list when it is created).
 """
 
 from __future__ import annotations
+
+from typing import Iterable
 
 #: Column holding the label in the real dataset (1 = fraud/illicit, 0 = normal).
 LABEL = "FLAG"
@@ -86,6 +90,33 @@ MISSING_FLAG = "ERC20 block empty"
 #: Every feature in this schema is a non-negative count, time or amount except the balance, and
 #: all are heavy-tailed, so all of them are listed; the indicator flag is not.
 HEAVY_TAILED = tuple(FEATURES)
+
+
+def chain_computable(feature_names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Pure: split ``feature_names`` into ``(computable, not_computable)``, each in the given order.
+
+    ``computable`` are the names :func:`chainfl.data.features.extract_features` computes from a
+    chain's blocks (:data:`DERIVED_FROM_CHAIN`, compared after :func:`canonical`: surrounding
+    spaces do not matter); ``not_computable`` is everything else — the ERC20 features, the
+    missing-block indicator (:data:`MISSING_FLAG`) and any column of a user's own data.
+    """
+    computable, not_computable = [], []
+    for name in feature_names:
+        (computable if canonical(name) in _DERIVED else not_computable).append(name)
+    return computable, not_computable
+
+
+def not_computable_message(not_computable: Iterable[str], n_features: int) -> str:
+    """Pure: the sentence that names features a chain cannot give and the set to train on instead."""
+    missing = list(not_computable)
+    shown = ", ".join(repr(n) for n in missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+    return (f"{len(missing)} of {n_features} features cannot be computed from a chain's blocks: "
+            f"{shown}. A model that scores chain accounts must be trained on the chain-computable set "
+            f"chainfl.data.schema.DERIVED_FROM_CHAIN ({len(DERIVED_FROM_CHAIN)} features: the columns "
+            f"`chainfl data features` writes; with the eth_fraud data, keep only those columns)")
+
+
+_DERIVED = frozenset(DERIVED_FROM_CHAIN)
 
 
 def canonical(name: str) -> str:

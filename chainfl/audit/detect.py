@@ -6,11 +6,23 @@
    verified against its on-chain digest). A task closed without a release (or still running) falls
    back to its final model, the spec's scaler and features, and threshold 0.5 — said so in
    ``Release.source``.
-2. :func:`score_chain` extracts account features from a block range of any chain
-   (:func:`chainfl.data.features.extract_features`), applies the release's scaler, scores every
-   account (fraud probability), labels it at the release threshold, and attributes the score to
-   features (input × gradient of the logit on the scaled inputs: cheap, one backward pass).
-3. :meth:`Scored.metrics` compares with known labels (precision/recall/F1 at the threshold, AUCs).
+2. :func:`score_chain` first refuses a release that reads features a chain cannot give
+   (:func:`require_chain_computable`, from :func:`chainfl.data.schema.chain_computable`), then
+   extracts account features from a block range of any chain — an ordinary node will do, no archive
+   state is read (:func:`chainfl.data.features.extract_features`) — of every account or only of the
+   ``addresses`` asked for, applies the release's scaler, scores each account (fraud probability),
+   and attributes the score to features (input × gradient of the logit on the scaled inputs: cheap,
+   one backward pass).
+3. The **alert** (``predicted``) is ``score >= threshold`` (the release's), limited by an optional
+   alert cap: at most ``top`` accounts and/or at most ``floor(budget × n)`` of the ``n`` scored,
+   highest scores first (:func:`alert_cap`). Both the threshold and the cap travel with every row.
+4. :func:`out_of_distribution` checks the scaled inputs against the training distribution the
+   release's scaler records: per feature, the accounts beyond ``|z| > 10`` (:data:`OOD_Z`); 1 %
+   (:data:`OOD_MIN_SHARE`) of the accounts or more, and at least 3 (:data:`OOD_MIN_ROWS`), in any
+   feature raise the warning, naming the worst features; each account's largest ``|z|`` is in its row. (A feature that was constant in training keeps std 1 in the scaler, so the check sees
+   only large departures from its training value there.)
+5. :meth:`Scored.metrics` compares with known labels (precision/recall/F1 at the threshold, AUCs,
+   and the same for the capped alerts).
 
 ``score_chain(...).metrics(labels)`` is the evaluation of a release on a chain: ``chainfl detect
 --labels`` prints it. It is the same pipeline as ``learning.evaluate`` on the chain's labelled
@@ -23,6 +35,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -30,12 +43,14 @@ from pathlib import Path
 
 import numpy as np
 
+from chainfl.data.datasets import Dataset
 from chainfl.errors import AuditError, ChainflError, DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Release", "Scored", "ModelRefusedError", "load_release", "release_from_blob", "score_dataset",
-           "score_chain", "read_labels", "write_csv", "write_json"]
+__all__ = ["Release", "Scored", "ModelRefusedError", "FeaturesNotComputableError", "load_release",
+           "release_from_blob", "require_chain_computable", "out_of_distribution", "alert_cap", "score_dataset",
+           "score_chain", "read_labels", "read_addresses", "write_csv", "write_json", "detect_result"]
 
 
 class ModelRefusedError(AuditError):
@@ -169,50 +184,197 @@ def _cid_of(history, digest: bytes) -> str | None:
     return None
 
 
+# --- what a chain can give ---------------------------------------------------------------------
+class FeaturesNotComputableError(ModelRefusedError):
+    """The release reads features that cannot be computed from a chain's blocks."""
+
+
+def require_chain_computable(release: Release) -> None:
+    """Refuse (before reading any block) a release that reads features a chain cannot give:
+    :func:`chainfl.data.schema.chain_computable` names them and the set to train on instead."""
+    from chainfl.data.schema import chain_computable, not_computable_message
+
+    _, missing = chain_computable(release.feature_names)
+    if missing:
+        raise FeaturesNotComputableError(f"task {release.task_id}'s {release.source} cannot score a chain's "
+                                         f"accounts: " + not_computable_message(missing, len(release.feature_names)))
+
+
+# --- out-of-distribution inputs ------------------------------------------------------------------
+#: |z| beyond which a model input counts as far outside the training distribution. The inputs are the
+#: release scaler's output (signed log1p, then standardised with the training mean and std), so
+#: |z| > 10 is ten training standard deviations on a log scale — e.g. 1e4 ether where training had
+#: amounts near 1 — which the training data itself essentially never reaches.
+OOD_Z = 10.0
+#: Share of the scored accounts beyond |z| > OOD_Z, in one feature, that raises the warning ...
+OOD_MIN_SHARE = 0.01
+#: ... when they are at least this many (one odd account in a small range is not a shift).
+OOD_MIN_ROWS = 3
+
+
+def out_of_distribution(Z: np.ndarray, feature_names, *, z: float = OOD_Z, min_share: float = OOD_MIN_SHARE,
+                        min_rows: int = OOD_MIN_ROWS, worst: int = 5) -> dict:
+    """Pure: how far model inputs ``Z`` ``[n, d]`` (already scaled by the release's scaler) fall
+    outside the training distribution.
+
+    Rule: per feature, the rows with ``|z| > z``; the warning is raised when, in at least one
+    feature, they are at least ``min_share`` of the rows and at least ``min_rows`` rows. The
+    ``worst`` such features are named (most rows first, then largest ``|z|``). Scores of those
+    accounts are extrapolations of the model. (Each account's own largest ``|z|`` is in
+    :meth:`Scored.ranked` as ``max_abs_z``.)
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    n = int(Z.shape[0])
+    names = list(feature_names)
+    absz = np.abs(Z)
+    beyond = absz > z                                          # [n, d]
+    counts = beyond.sum(axis=0) if n else np.zeros(len(names), dtype=int)
+    max_abs = absz.max(axis=0) if n else np.zeros(len(names))
+    hits = [j for j in range(len(names)) if n and counts[j] / n >= min_share and counts[j] >= min_rows]
+    hits.sort(key=lambda j: (-counts[j], -max_abs[j], names[j]))
+    features = [{"feature": names[j], "share": float(counts[j] / n), "rows": int(counts[j]),
+                 "max_abs_z": float(max_abs[j])} for j in hits[:worst]]
+    rows_beyond = int(beyond.any(axis=1).sum()) if n else 0
+    out = {"warning": bool(hits), "z": float(z), "min_share": float(min_share), "min_rows": int(min_rows),
+           "rows": n, "features_beyond": len(hits), "rows_beyond": rows_beyond,
+           "rule": f"warn when, in any feature, at least {min_share:.0%} of the scored accounts (and at least "
+                   f"{min_rows}) lie beyond |z| > {z:g} of the release scaler (training mean/std after "
+                   f"signed log1p)",
+           "features": features, "message": None}
+    if hits:
+        shown = "; ".join(f"'{f['feature']}' {f['share']:.0%} beyond, max |z| {f['max_abs_z']:.0f}" for f in features)
+        out["message"] = (f"inputs fall far outside the training distribution: {len(hits)} of {len(names)} "
+                          f"features have >= {min_share:.0%} of the {n} accounts beyond |z| > {z:g} ({shown}). "
+                          f"Scores there are extrapolations: check that the model was trained on activity like "
+                          f"this chain's (units, scale, kinds of accounts), or train one on such data.")
+    return out
+
+
+# --- alert policy ----------------------------------------------------------------------------------
+def alert_cap(n: int, top: int | None = None, budget: float | None = None) -> int | None:
+    """Pure: the most accounts that may be flagged among ``n`` scored: at most ``top``, at most
+    ``floor(budget * n)``; None when neither is set."""
+    from chainfl.errors import ConfigError
+
+    caps = []
+    if top is not None:
+        if top < 0:
+            raise ConfigError(f"--top must be 0 or more accounts, got {top}")
+        caps.append(int(top))
+    if budget is not None:
+        if not 0.0 < budget <= 1.0:
+            raise ConfigError(f"--budget is a share of the scored accounts in (0, 1], e.g. 0.01 for 1 %; got {budget}")
+        caps.append(int(np.floor(budget * n + 1e-9)))
+    return min(caps) if caps else None
+
+
 # --- scoring ----------------------------------------------------------------------------------
 @dataclass
 class Scored:
-    """Every account's score on one chain range, with attributions."""
+    """Every scored account's score, prediction and attributions on one chain range.
+
+    ``predicted`` is the alert: ``score >= threshold`` and, when an alert cap is set
+    (:meth:`with_cap`), a rank within the cap (ranks by descending score, ties by address)."""
 
     addresses: list[str]
     scores: np.ndarray              # fraud probability [n] (float64)
-    flagged: np.ndarray             # score >= threshold [n] (bool)
     attributions: np.ndarray        # input x gradient of the logit [n, d]
     feature_names: list[str]
     threshold: float
+    inputs: np.ndarray | None = None    # the model's inputs (scaled) [n, d]
+    rank_cap: int | None = None     # at most this many flagged (from --top / --budget)
+    top: int | None = None
+    budget: float | None = None
     from_block: int | None = None
     to_block: int | None = None
+    not_scored: dict = field(default_factory=dict)   # reason -> addresses asked for but not scored
     seconds_extract: float = 0.0
     seconds_score: float = 0.0
 
-    def ranked(self, top: int = 3) -> list[dict]:
-        """Accounts by descending score (ties by address), with the ``top`` features that pushed the
-        score up most (largest positive attribution)."""
-        order = sorted(range(len(self.addresses)), key=lambda i: (-self.scores[i], self.addresses[i]))
+    @property
+    def order(self) -> list[int]:
+        """Row indices by descending score, ties by address."""
+        return sorted(range(len(self.addresses)), key=lambda i: (-self.scores[i], self.addresses[i]))
+
+    @property
+    def ranks(self) -> np.ndarray:
+        ranks = np.zeros(len(self.addresses), dtype=np.int64)
+        for rank, i in enumerate(self.order, start=1):
+            ranks[i] = rank
+        return ranks
+
+    @property
+    def above_threshold(self) -> np.ndarray:
+        return np.asarray(self.scores) >= self.threshold
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """The alerts [n] (bool)."""
+        flagged = self.above_threshold
+        if self.rank_cap is not None:
+            flagged = flagged & (self.ranks <= self.rank_cap)
+        return flagged
+
+    @property
+    def flagged(self) -> np.ndarray:   # the name used before alert caps existed
+        return self.predicted
+
+    def with_cap(self, top: int | None = None, budget: float | None = None) -> "Scored":
+        """Pure: the same scores with at most ``top`` / ``budget`` x n accounts flagged."""
+        from dataclasses import replace
+
+        return replace(self, rank_cap=alert_cap(len(self.addresses), top, budget), top=top, budget=budget)
+
+    def out_of_distribution(self, **kwargs) -> dict:
+        if self.inputs is None:
+            raise DataError("these scores carry no model inputs; score with score_dataset/score_chain")
+        return out_of_distribution(self.inputs, self.feature_names, **kwargs)
+
+    def ranked(self, explain: int = 3, labels: dict[str, int] | None = None) -> list[dict]:
+        """Accounts by descending score with ``predicted``, the threshold, the alert cap, the
+        account's largest scaled input ``max_abs_z`` (beyond :data:`OOD_Z`: outside the training
+        data) and the ``explain`` features that pushed the score up most (largest positive
+        attribution); with ``labels`` (known true labels by address) a ``label`` (None when unknown)."""
+        predicted = self.predicted
+        wanted = None if labels is None else {a.lower(): int(v) for a, v in labels.items()}
         out = []
-        for rank, i in enumerate(order, start=1):
+        for rank, i in enumerate(self.order, start=1):
             a = self.attributions[i]
-            best = [j for j in np.argsort(-a, kind="stable")[:top] if a[j] > 0]
-            out.append({"rank": rank, "address": self.addresses[i], "score": float(self.scores[i]),
-                        "label": int(self.flagged[i]),
-                        "top_features": [{"feature": self.feature_names[j], "attribution": float(a[j])}
-                                         for j in best]})
+            best = [j for j in np.argsort(-a, kind="stable")[:explain] if a[j] > 0]
+            row = {"rank": rank, "address": self.addresses[i], "score": float(self.scores[i]),
+                   "predicted": int(predicted[i]), "threshold": self.threshold, "rank_cap": self.rank_cap,
+                   "max_abs_z": None if self.inputs is None else float(np.abs(self.inputs[i]).max(initial=0.0)),
+                   "top_features": [{"feature": self.feature_names[j], "attribution": float(a[j])}
+                                    for j in best]}
+            if wanted is not None:
+                row["label"] = wanted.get(self.addresses[i].lower())
+            out.append(row)
         return out
 
     def metrics(self, labels: dict[str, int]) -> dict:
-        """Metrics at the release threshold on the scored accounts that have a label."""
+        """Metrics on the scored accounts that have a label: at the release threshold (as
+        ``learning.evaluate``), and of the alerts (``predicted``, i.e. with the alert cap) under
+        ``"alerts"``."""
         from chainfl.learning.evaluate import metrics_from_scores
 
         wanted = {a.lower(): int(v) for a, v in labels.items()}
         idx = [i for i, a in enumerate(self.addresses) if a.lower() in wanted]
         if not idx:
             raise DataError("none of the scored accounts has a label; check that the labels belong to "
-                            "this chain and block range")
+                            "this chain and block range (and to the --addresses given)")
         y = np.array([wanted[self.addresses[i].lower()] for i in idx], dtype=np.int64)
         out = metrics_from_scores(self.scores[idx], y, self.threshold)
         out["labelled"] = len(idx)
         out["unlabelled"] = len(self.addresses) - len(idx)
         out["labels_not_seen"] = len(wanted) - len(idx)
+        pred = self.predicted[idx].astype(int)
+        tp = int(((pred == 1) & (y == 1)).sum())
+        precision = tp / int(pred.sum()) if pred.sum() else 0.0
+        recall = tp / int(y.sum()) if y.sum() else 0.0
+        out["alerts"] = {"flagged": int(pred.sum()), "true_positives": tp, "precision": precision,
+                         "recall": recall,
+                         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+                         "rank_cap": self.rank_cap}
         return out
 
 
@@ -236,30 +398,61 @@ def score_dataset(release: Release, dataset) -> Scored:
     else:
         attributions = np.zeros((0, X.shape[1]))
     scores = torch.sigmoid(logits.detach().double()).numpy()
-    return Scored(list(ds.ids), scores, scores >= release.threshold, attributions,
-                  list(release.feature_names), release.threshold)
+    return Scored(list(ds.ids), scores, attributions, list(release.feature_names), release.threshold,
+                  inputs=X.astype(np.float64))
 
 
 def score_chain(release: Release, w3, from_block: int | None = None, to_block: int | None = None, *,
+                addresses=None, top: int | None = None, budget: float | None = None,
                 progress: bool = False) -> Scored:
-    """Extract account features from blocks ``from_block..to_block`` of the chain behind ``w3`` and
-    score every (non-contract) account with ``release``."""
-    from chainfl.data.features import extract_features
+    """Extract account features from blocks ``from_block..to_block`` of the chain behind ``w3`` (no
+    archive state needed) and score every non-contract account — or only ``addresses`` — with
+    ``release``; at most ``top`` / ``budget`` x n accounts are flagged.
 
+    Refuses first, before reading a block, a release that reads features a chain cannot give.
+    Addresses asked for but not scored are in ``Scored.not_scored`` (``not_seen``: no transaction
+    in the range; ``contracts``: contracts are not scored)."""
+    from chainfl.data.features import extract_features
+    from chainfl.data.schema import canonical
+
+    require_chain_computable(release)
+    alert_cap(0, top, budget)                                # invalid values fail before extraction
     t0 = time.perf_counter()
     features = extract_features(w3, from_block=from_block or 0, to_block=to_block, progress=progress)
     t1 = time.perf_counter()
-    scored = score_dataset(release, features.dataset())
+    ds = features.dataset()
+    ds = Dataset(ds.X, ds.y, [_release_name(release, canonical(n)) for n in ds.feature_names], ds.ids, ds.source)
+    not_scored = {}
+    if addresses is not None:
+        wanted = set(a.lower() for a in addresses)
+        ds = ds.subset([i for i, a in enumerate(ds.ids) if a in wanted])
+        accounts, contracts = features.state.accounts, features.state.contracts
+        ordered = list(dict.fromkeys(a.lower() for a in addresses))
+        not_scored = {"not_seen": [a for a in ordered if a not in accounts],
+                      "contracts": [a for a in ordered if a in accounts and contracts.get(a)]}
+    scored = score_dataset(release, ds).with_cap(top, budget)
     scored.seconds_extract = t1 - t0
     scored.seconds_score = time.perf_counter() - t1
     scored.from_block = from_block or 0
     scored.to_block = features.state.next_block - 1
+    scored.not_scored = not_scored
     return scored
+
+
+def _release_name(release: Release, name: str) -> str:
+    """The release's spelling of a chain feature (a model may have kept the source's spaces)."""
+    from chainfl.data.schema import canonical
+
+    for own in release.feature_names:
+        if canonical(own) == name:
+            return own
+    return name
 
 
 # --- files ------------------------------------------------------------------------------------
 _LABEL_COLUMNS = ("label", "flag", "is_fraud", "fraud", "y")
 _ADDRESS_COLUMNS = ("address", "account", "id")
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 
 
 def read_labels(path: str | Path) -> dict[str, int]:
@@ -299,33 +492,94 @@ def read_labels(path: str | Path) -> dict[str, int]:
     return out
 
 
-def write_csv(scored: Scored, path: str | Path, top: int = 3) -> Path:
-    """Ranked accounts: rank, address, score, label, top features (``name:+attribution;...``)."""
+def read_addresses(path: str | Path) -> list[str]:
+    """Addresses to score, lower-case, in file order without repeats: a CSV with an ``address``
+    column (also ``account``/``id``, any case, e.g. eth_fraud's ``Address``) or one address per
+    line (blank lines and ``#`` comments skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"addresses file {path} does not exist (or is not a file)", path=str(path))
+    lines = [(no, line.strip()) for no, line in enumerate(path.read_text().splitlines(), start=1)]
+    lines = [(no, line) for no, line in lines if line and not line.startswith("#")]
+    if not lines:
+        raise DataError(f"{path} lists no addresses: give one address per line, or a CSV with an "
+                        f"'address' column", path=str(path))
+    first_no, first = lines[0]
+    found: list[tuple[int, str]]
+    if "," in first or not first.lower().startswith("0x"):          # a header: a CSV file
+        reader = csv.reader(line for _, line in lines)
+        header = [c.strip().lower() for c in next(reader)]
+        column = next((header.index(c) for c in _ADDRESS_COLUMNS if c in header), None)
+        if column is None:
+            raise DataError(f"{path}:{first_no}: no address column ({'/'.join(_ADDRESS_COLUMNS)}) in the header "
+                            f"{first!r}; name the column 'address', or list one address per line",
+                            path=str(path))
+        found = [(no, row[column].strip() if column < len(row) else "")
+                 for (no, _), row in zip(lines[1:], reader)]
+    else:
+        found = lines
+    out = []
+    for no, address in found:
+        if not _ADDRESS.match(address):
+            raise DataError(f"{path}:{no}: {address!r} is not an address (0x and 40 hex digits); fix or "
+                            f"remove that line", path=str(path), row=no)
+        out.append(address.lower())
+    if not out:
+        raise DataError(f"{path} has a header but no addresses under it", path=str(path))
+    return list(dict.fromkeys(out))
+
+
+CSV_COLUMNS = ("rank", "address", "score", "predicted", "threshold", "rank_cap", "max_abs_z", "top_features")
+
+
+def write_csv(scored: Scored, path: str | Path, explain: int = 3, labels: dict[str, int] | None = None) -> Path:
+    """Ranked accounts: ``rank, address, score, predicted, threshold, rank_cap, max_abs_z,
+    top_features`` (``name:+attribution;...``), plus ``label`` (the true label; empty when unknown)
+    with ``labels``.
+    ``predicted`` is the alert (``score >= threshold`` and ``rank <= rank_cap`` when a cap is set)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["rank", "address", "score", "label", "top_features"])
-        for row in scored.ranked(top):
+        w.writerow([*CSV_COLUMNS, *(["label"] if labels is not None else [])])
+        for row in scored.ranked(explain, labels):
             feats = ";".join(f"{t['feature']}:{t['attribution']:+.4f}" for t in row["top_features"])
-            w.writerow([row["rank"], row["address"], f"{row['score']:.6f}", row["label"], feats])
+            cells = [row["rank"], row["address"], f"{row['score']:.6f}", row["predicted"], repr(row["threshold"]),
+                     "" if row["rank_cap"] is None else row["rank_cap"],
+                     "" if row["max_abs_z"] is None else f"{row['max_abs_z']:.2f}", feats]
+            if labels is not None:
+                cells.append("" if row["label"] is None else row["label"])
+            w.writerow(cells)
     return path
 
 
 def write_json(scored: Scored, path: str | Path, release: Release | None = None, metrics: dict | None = None,
-               top: int = 3) -> Path:
+               explain: int = 3, labels: dict[str, int] | None = None, **extra) -> Path:
+    """The :func:`detect_result` summary with every ranked account (``"ranked"``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(detect_result(scored, release, metrics, top), indent=2, sort_keys=True) + "\n")
+    result = detect_result(scored, release, metrics, explain, labels, ranked=True, **extra)
+    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return path
 
 
 def detect_result(scored: Scored, release: Release | None = None, metrics: dict | None = None,
-                  top: int = 3) -> dict:
-    """JSON-able summary + ranked accounts."""
-    return {"release": None if release is None else release.describe(),
-            "from_block": scored.from_block, "to_block": scored.to_block,
-            "accounts": len(scored.addresses), "flagged": int(scored.flagged.sum()),
-            "threshold": scored.threshold, "metrics": metrics,
-            "seconds": {"extract": round(scored.seconds_extract, 3), "score": round(scored.seconds_score, 3)},
-            "ranked": scored.ranked(top)}
+                  explain: int = 3, labels: dict[str, int] | None = None, *, ranked: bool = False,
+                  **extra) -> dict:
+    """JSON-able summary: release, range, accounts, alert policy, out-of-distribution check,
+    metrics, the flagged accounts (``"alerts"``) and, with ``ranked``, every account."""
+    rows = scored.ranked(explain, labels)
+    out = {"release": None if release is None else release.describe(),
+           "from_block": scored.from_block, "to_block": scored.to_block,
+           "accounts": len(scored.addresses), "not_scored": scored.not_scored,
+           "threshold": scored.threshold,
+           "alert_policy": {"threshold": scored.threshold, "top": scored.top, "budget": scored.budget,
+                            "rank_cap": scored.rank_cap},
+           "flagged": int(scored.predicted.sum()), "above_threshold": int(scored.above_threshold.sum()),
+           "out_of_distribution": scored.out_of_distribution() if scored.inputs is not None else None,
+           "metrics": metrics,
+           "seconds": {"extract": round(scored.seconds_extract, 3), "score": round(scored.seconds_score, 3)},
+           "alerts": [r for r in rows if r["predicted"]], **extra}
+    if ranked:
+        out["ranked"] = rows
+    return out

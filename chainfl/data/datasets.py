@@ -3,21 +3,28 @@
 A :class:`Dataset` is plain arrays plus names: ``X`` float32 ``[n, d]``, ``y`` int64 ``[n]`` in
 {0, 1}, ``feature_names`` (``d`` names, see :mod:`chainfl.data.schema`), ``ids`` (one address or
 row id per sample) and ``source`` (where it came from).
+
+:func:`load_csv` reads a file whole (within :class:`CsvLimits`, checked first);
+:func:`stream_feature_stats` computes a node's :class:`~chainfl.data.scaling.FeatureStats` from a
+file of any size in bounded memory, bitwise equal to computing them on the loaded rows.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from chainfl import config
+from chainfl.data import columns as cols
 from chainfl.data import schema
+from chainfl.data.csvfile import (CsvLimits, exact_sum_parts, iter_chunks, parse_labels, parse_numbers,
+                                  read_frame, read_header)
+from chainfl.data.scaling import FeatureStats, signed_log1p
 from chainfl.errors import DataError
 
 
@@ -98,32 +105,21 @@ def load_eth_fraud(path: str | Path | None = None, missing_flag: bool = False) -
     if not path.exists():
         raise DataError(f"eth_fraud dataset not found at {path}; set CHAINFL_DATA_DIR to the directory "
                         f"that holds eth_fraud/transaction_dataset.csv", path=str(path))
-    frame = _read_frame(path)
+    frame = read_frame(path)
     frame.columns = [schema.canonical(c) for c in frame.columns]
     required = [schema.ADDRESS, schema.LABEL, *schema.FEATURES]
     absent = [c for c in required if c not in frame.columns]
     if absent:
         raise DataError(f"{path}: not the eth_fraud dataset, columns {absent} are missing",
                         path=str(path), column=absent[0])
-    frame = frame.drop_duplicates(subset=schema.ADDRESS, keep="first")
-    raw = frame[list(schema.FEATURES)]
-    features = raw.apply(pd.to_numeric, errors="coerce").astype(np.float64)
-    bad = (features.isna() & raw.notna()).to_numpy()
-    if bad.any():
-        r, c = (int(v[0]) for v in np.nonzero(bad))
-        line = int(frame.index[r])              # the index holds each row's line in the file
-        column = str(raw.columns[c])
-        raise DataError(f"{path}: column {column!r} line {line}: {raw.iloc[r, c]!r} is not a number; "
-                        f"fix or blank that cell", path=str(path), column=column, row=line)
-    frame = frame.reset_index(drop=True)
-    features = features.reset_index(drop=True)
-    erc20_empty = features[list(schema.ERC20_FEATURES)].isna().all(axis=1).to_numpy()
-    features = features.fillna(0.0)
+    frame = frame.drop_duplicates(subset=schema.ADDRESS, keep="first")     # index: record numbers
+    features = pd.DataFrame({c: parse_numbers(frame[c], path, c, fill=0.0) for c in schema.FEATURES})
+    erc20_empty = frame[list(schema.ERC20_FEATURES)].isna().all(axis=1).to_numpy()
     constant = [c for c in features.columns if features[c].nunique(dropna=False) <= 1]
     features = features.drop(columns=constant)
     if missing_flag:
         features[schema.MISSING_FLAG] = erc20_empty.astype(np.float64)
-    labels = _binary_labels(frame[schema.LABEL], path)
+    labels = parse_labels(frame[schema.LABEL], path)
     return Dataset(features.to_numpy(np.float32), labels, list(features.columns),
                    frame[schema.ADDRESS].astype(str).str.lower().tolist(), str(path))
 
@@ -131,13 +127,16 @@ def load_eth_fraud(path: str | Path | None = None, missing_flag: bool = False) -
 # --- users' own data ---------------------------------------------------------------------------
 
 def load_csv(path: str | Path, label: str, features: Sequence[str] | None = None, *,
-             id_column: str | None = None, fill_missing: float | None = None) -> Dataset:
-    """Load a labelled CSV (UTF-8, header row, one sample per row).
+             drop: Iterable[str] = (), id_column: str | None = None, fill_missing: float | None = None,
+             limits: CsvLimits | None = None, require_both_classes: bool = True) -> Dataset:
+    """Load a labelled CSV (UTF-8, header row, one sample per row) whole into memory.
 
     ``label`` names the 0/1 label column (also accepted: ``true``/``false``). ``features`` lists
-    the feature columns (default: every other numeric column except ``id_column``). ``id_column``
-    defaults to ``Address`` when present, else row numbers are used. Empty cells are an error
-    unless ``fill_missing`` gives a value for them.
+    the feature columns; by default they are chosen by :func:`chainfl.data.columns.choose_features`
+    (numeric columns that are not id-like: no row numbers, indexes, addresses), minus ``drop``.
+    ``id_column`` defaults to ``Address`` when present, else row numbers are used. Empty cells are
+    an error unless ``fill_missing`` gives a value for them. ``limits`` (default
+    :class:`CsvLimits`) are checked before the file is read.
 
     Every problem raises :class:`DataError` naming the file, the column and, where one is at
     fault, the row as its **line number in the file** (the header is line 1).
@@ -145,10 +144,25 @@ def load_csv(path: str | Path, label: str, features: Sequence[str] | None = None
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file", path=str(path))
-    frame = _read_frame(path)
-    frame.columns = [str(c).strip() for c in frame.columns]
+    (limits if limits is not None else CsvLimits()).check(path)
+    frame = read_frame(path)
     if frame.shape[0] == 0:
         raise DataError(f"{path}: the file has a header but no rows", path=str(path))
+    choice = _choose(frame, path, label, features, drop, id_column)
+    y = parse_labels(frame[label], path)
+    X = np.empty((len(frame), len(choice.features)), dtype=np.float64)
+    for j, name in enumerate(choice.features):
+        X[:, j] = parse_numbers(frame[name], path, name, fill_missing)
+    if require_both_classes:
+        _both_classes(y, path, label)
+    ids = (frame[choice.id_column].astype(str).tolist() if choice.id_column is not None
+           else [str(i) for i in range(len(frame))])
+    return Dataset(X.astype(np.float32), y, list(choice.features), ids, str(path))
+
+
+def _choose(frame: pd.DataFrame, path: Path, label: str, features, drop, id_column) -> cols.FeatureChoice:
+    """The feature choice for ``frame``; listed features are only checked to exist (their cells
+    are converted, with precise errors, by the caller)."""
     if label not in frame.columns:
         raise DataError(f"{path}: label column {label!r} not found; columns are {list(frame.columns)}",
                         path=str(path), column=label)
@@ -156,99 +170,141 @@ def load_csv(path: str | Path, label: str, features: Sequence[str] | None = None
         id_column = schema.ADDRESS
     if id_column is not None and id_column not in frame.columns:
         raise DataError(f"{path}: id column {id_column!r} not found", path=str(path), column=id_column)
-    if features is None:
-        features = [c for c in frame.columns if c not in (label, id_column)
-                    and pd.to_numeric(frame[c], errors="coerce").notna().any()]
-        if not features:
-            raise DataError(f"{path}: no numeric feature columns besides {label!r}", path=str(path))
-    else:
-        for name in features:
+    drop = [d.strip() for d in drop]
+    if features is not None:
+        for name in list(features) + drop:
             if name not in frame.columns:
                 raise DataError(f"{path}: feature column {name!r} not found; columns are {list(frame.columns)}",
                                 path=str(path), column=name)
-    y = _binary_labels(frame[label], path)
-    X = np.empty((len(frame), len(features)), dtype=np.float64)
-    for j, name in enumerate(features):
-        X[:, j] = _numeric_column(frame[name], path, name, fill_missing)
+        chosen = tuple(f for f in features if f not in drop)
+        if not chosen:
+            raise DataError(f"{path}: no feature columns left after --drop", path=str(path))
+        return cols.FeatureChoice(chosen, id_column, ())
+    profiles = cols.profile_frame(frame)
+    return cols.choose_features(profiles, label, drop=drop, id_column=id_column, source=str(path))
+
+
+def _both_classes(y: np.ndarray, path: Path, label: str) -> None:
     if len(np.unique(y)) < 2:
         raise DataError(f"{path}: column {label!r} holds only class {int(y[0])}; a detector needs "
                         f"examples of both 0 (normal) and 1 (anomalous)", path=str(path), column=label)
-    ids = (frame[id_column].astype(str).tolist() if id_column is not None
-           else [str(i) for i in range(len(frame))])
-    return Dataset(X.astype(np.float32), y, list(features), ids, str(path))
 
 
-# --- helpers -----------------------------------------------------------------------------------
+# --- bounded-memory statistics ---------------------------------------------------------------------
 
-def _read_frame(path: Path) -> pd.DataFrame:
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise DataError(f"{path}: the file is empty; expected a CSV with a header row", path=str(path))
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line} is not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
-                        f"re-save the file as UTF-8", path=str(path), row=line) from e
-    try:
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
-    except pd.errors.ParserError as e:
-        raise DataError(f"{path}: not a valid CSV: {e}", path=str(path)) from e
-    frame.index = _record_lines(text, len(frame))
-    return frame
+def read_labels(path: str | Path, label: str, chunk_rows: int | None = None) -> np.ndarray:
+    """The label column alone, streamed (int8, one byte a row)."""
+    path = Path(path)
+    parts = [parse_labels(chunk[label], path).astype(np.int8)
+             for _, chunk in iter_chunks(path, usecols=[label], chunk_rows=chunk_rows)]
+    if not parts or not sum(len(p) for p in parts):
+        raise DataError(f"{path}: the file has a header but no rows", path=str(path))
+    return np.concatenate(parts)
 
 
-def _record_lines(text: str, n_records: int) -> pd.Index:
-    """The file line on which each data record starts (header = line 1), so that error messages
-    point at the right line also when blank lines (which pandas skips) or quoted multi-line cells
-    come first."""
-    reader = csv.reader(io.StringIO(text))
-    lines, end = [], 0
-    for row in reader:
-        if row:                               # csv yields [] for a blank line; pandas skips it
-            lines.append(end + 1)
-        end = reader.line_num
-    lines = lines[1:]                         # the header
-    if len(lines) != n_records:               # dialects csv and pandas read differently: best effort
-        return pd.RangeIndex(2, n_records + 2)
-    return pd.Index(lines)
+@dataclass(frozen=True)
+class StreamedStats:
+    """What :func:`stream_feature_stats` found: the statistics and how it chose the columns."""
+
+    stats: FeatureStats
+    choice: cols.FeatureChoice
+    rows: int                      # data rows in the file
 
 
-def _numeric_column(column: pd.Series, path: Path, name: str, fill: float | None) -> np.ndarray:
-    values = pd.to_numeric(column, errors="coerce")
-    bad = values.isna() & column.notna()
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        line = int(column.index[i])
-        raise DataError(f"{path}: column {name!r} line {line}: {column.iloc[i]!r} is not a number",
-                        path=str(path), column=name, row=line)
-    if values.isna().any():
-        if fill is None:
-            i = int(np.flatnonzero(values.isna().to_numpy())[0])
-            line = int(column.index[i])
-            raise DataError(f"{path}: column {name!r} line {line} is empty; fill it or pass "
-                            f"fill_missing=<value>", path=str(path), column=name, row=line)
-        values = values.fillna(fill)
-    array = values.to_numpy(np.float64)
-    if not np.isfinite(array).all():
-        i = int(np.flatnonzero(~np.isfinite(array))[0])
-        line = int(column.index[i])
-        raise DataError(f"{path}: column {name!r} line {line}: {column.iloc[i]!r} is not finite",
-                        path=str(path), column=name, row=line)
-    return array
+def stream_feature_stats(path: str | Path, label: str, rows: np.ndarray | None = None, *,
+                         features: Sequence[str] | None = None, drop: Iterable[str] = (),
+                         fill_missing: float | None = None, log="all",
+                         chunk_rows: int | None = None) -> StreamedStats:
+    """:class:`FeatureStats` of the rows selected by the boolean mask ``rows`` (default: all),
+    reading ``path`` in chunks, so memory is one chunk plus a few bytes per row whatever the size.
+
+    Bitwise equal to ``FeatureStats.compute(load_csv(...).X[rows], ...)``: the cells go through
+    the same conversions (string -> float64 -> float32 -> signed log1p in float64), and the sums
+    are kept exact across chunks (:func:`chainfl.data.csvfile.exact_sum_parts`) and rounded once.
+    Without ``features`` the columns are chosen as :func:`load_csv` chooses them, from profiles
+    gathered in the same pass (columns that turn out not to be features are discarded at the end).
+    """
+    path = Path(path)
+    header = read_header(path)
+    if label not in header:
+        raise DataError(f"{path}: label column {label!r} not found; columns are {header}", path=str(path),
+                        column=label)
+    drop = [d.strip() for d in drop]
+    for name in list(features or ()) + drop:
+        if name not in header:
+            raise DataError(f"{path}: feature column {name!r} not found; columns are {header}", path=str(path),
+                            column=name)
+    if features is not None:
+        candidates = [f for f in features if f not in drop]
+        if not candidates:
+            raise DataError(f"{path}: no feature columns left after --drop", path=str(path))
+        profiler = None
+        usecols = candidates
+    else:
+        candidates = [c for c in header if c != label]
+        profiler = cols.Profiler(header, track_unique=False)
+        usecols = header
+    mask = FeatureStats.compute(np.zeros((0, len(candidates))), candidates, log).log
+    live = dict.fromkeys(candidates, True)            # still possibly numeric
+    sums = {c: [] for c in candidates}
+    sumsq = {c: [] for c in candidates}
+    count = n_rows = 0
+    for start, chunk in iter_chunks(path, usecols=usecols, chunk_rows=chunk_rows):
+        n_rows += len(chunk)
+        keep = slice(None) if rows is None else _chunk_mask(rows, start, len(chunk), path)
+        numbers = {}
+        for j, name in enumerate(candidates):
+            if not live[name]:
+                continue
+            if profiler is None:
+                values = parse_numbers(chunk[name], path, name, fill_missing)
+            else:
+                values = numbers[name] = pd.to_numeric(chunk[name], errors="coerce")
+                blank = chunk[name].isna()
+                if (values.isna() & ~blank).any() or (blank.any() and fill_missing is None):
+                    live[name] = False            # text, a typo, or a blank without a fill: decided at the end
+                    continue
+                values = values.fillna(float(fill_missing)) if blank.any() else values
+                values = values.to_numpy(np.float64)  # = parse_numbers(...) on these cells
+                if not np.isfinite(values).all():
+                    live[name] = False
+                    continue
+            t = values.astype(np.float32).astype(np.float64)[keep]
+            if mask[j]:
+                t = signed_log1p(t)
+            sums[name] = exact_sum_parts(t.tolist(), sums[name])
+            sumsq[name] = exact_sum_parts((t * t).tolist(), sumsq[name])
+        if profiler is not None:
+            profiler.update(chunk, start, numbers)
+        count += len(chunk) if rows is None else int(np.count_nonzero(keep))
+    if n_rows == 0:
+        raise DataError(f"{path}: the file has a header but no rows", path=str(path))
+    if rows is not None and len(rows) != n_rows:
+        raise DataError(f"{path}: the row mask has {len(rows)} entries but the file {n_rows} rows", path=str(path))
+    if profiler is None:
+        choice = cols.FeatureChoice(tuple(candidates), None, ())
+    else:
+        id_column = schema.ADDRESS if schema.ADDRESS in header and schema.ADDRESS != label else None
+        choice = cols.choose_features(profiler.result(), label, drop=drop, id_column=id_column, source=str(path))
+        for name in choice.features:
+            if not live[name]:                         # a blank without a fill, or inf: raise, saying where
+                for _, chunk in iter_chunks(path, usecols=[name], chunk_rows=chunk_rows):
+                    parse_numbers(chunk[name], path, name, fill_missing)
+                raise DataError(f"{path}: column {name!r} could not be read as numbers", path=str(path),
+                                column=name)
+    index = [candidates.index(n) for n in choice.features]
+    stats = FeatureStats(tuple(choice.features), tuple(mask[i] for i in index), count,
+                         tuple(math.fsum(sums[n]) for n in choice.features),
+                         tuple(math.fsum(sumsq[n]) for n in choice.features))
+    return StreamedStats(stats, choice, n_rows)
 
 
-_LABEL_WORDS = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1}
+def _chunk_mask(rows: np.ndarray, start: int, n: int, path: Path) -> np.ndarray:
+    part = np.asarray(rows[start:start + n], dtype=bool)
+    if len(part) != n:
+        raise DataError(f"{path}: the row mask has {len(rows)} entries but the file has more rows", path=str(path))
+    return part
 
 
-def _binary_labels(column: pd.Series, path: Path) -> np.ndarray:
-    name = str(column.name)
-    out = np.empty(len(column), dtype=np.int64)
-    for i, (line, value) in enumerate(zip(column.index, column.tolist())):
-        key = str(value).strip().lower() if value is not None and value == value else ""
-        if key not in _LABEL_WORDS:
-            shown = "an empty cell" if key == "" else repr(value)
-            raise DataError(f"{path}: label column {name!r} line {line} holds {shown}; labels must be "
-                            f"0 (normal) or 1 (anomalous)", path=str(path), column=name, row=int(line))
-        out[i] = _LABEL_WORDS[key]
-    return out
+__all__ = ["Dataset", "CsvLimits", "load_eth_fraud", "load_csv", "read_labels", "stream_feature_stats",
+           "StreamedStats", "default_eth_fraud_path", "read_header"]

@@ -11,7 +11,6 @@ simulator's ledger. A hand-made chain exercises every rule for telling contracts
 from __future__ import annotations
 
 import csv
-import os
 
 import pytest
 from click.testing import CliRunner
@@ -23,34 +22,17 @@ from chainfl.cli import main
 from chainfl.data import extract_features, simulate
 from chainfl.data.features import FeatureResult, FeatureState, Tx, contract_address, is_contract_code
 
-GENESIS = "1700000000"
+from .twins import CHAIN_BACKENDS, NEEDS_ANVIL, start_twins
+
 E = 10**18
-CHAIN_BACKENDS = os.environ.get("CHAINFL_TEST_CHAINS", "eth-tester,ganache,anvil").split(",")   # as conftest
-
-
-def start_twins(tmp_path_factory, name: str):
-    """An archive Anvil and a ``--prune-history`` Anvil with the same genesis time (same blocks for
-    the same transactions)."""
-    settings = config.load_node_settings()
-    archive = LocalNode("anvil", settings, port=0, log_dir=tmp_path_factory.mktemp(f"{name}-archive"),
-                        extra_args=("--timestamp", GENESIS))
-    pruned = LocalNode("anvil", settings, port=0, log_dir=tmp_path_factory.mktemp(f"{name}-pruned"),
-                       extra_args=("--timestamp", GENESIS, "--prune-history"))
-    archive.start(timeout=60)
-    try:
-        pruned.start(timeout=60)
-    except BaseException:
-        archive.stop()
-        raise
-    return archive, pruned
 
 
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory):
     """(archive url, pruned url, simulation): the same 40-account simulation on both nodes."""
     if "anvil" not in CHAIN_BACKENDS:
-        pytest.skip("needs Anvil (listed in CHAINFL_TEST_CHAINS) for a --prune-history node")
-    archive, pruned = start_twins(tmp_path_factory, "features")
+        pytest.skip(NEEDS_ANVIL)
+    archive, pruned = start_twins(tmp_path_factory.mktemp("twins"), "features")
     try:
         sims = []
         for node in (archive, pruned):
@@ -121,7 +103,7 @@ REVERTING = "0x60006000fd"                                         # init code t
 @pytest.fixture(scope="module")
 def pruned_anvil(tmp_path_factory):
     if "anvil" not in CHAIN_BACKENDS:
-        pytest.skip("needs Anvil (listed in CHAINFL_TEST_CHAINS) for a --prune-history node")
+        pytest.skip(NEEDS_ANVIL)
     node = LocalNode("anvil", config.load_node_settings(), port=0, log_dir=tmp_path_factory.mktemp("pruned"),
                      extra_args=("--prune-history",))
     node.start(timeout=60)

@@ -71,6 +71,12 @@ class RunConfig:
     eval_accounts: int = 200         # simulated accounts on the new (evaluation) chain
     test_fraction: float = 0.2       # held-out test share for eth_fraud / csv
     val_fraction: float = 0.2        # each node's validation share
+    features: tuple[str, ...] | None = None  # csv/eth_fraud: exactly these features (None: the CSV's features.json, else automatic)
+    drop: tuple[str, ...] = ()       # csv/eth_fraud: columns never used as features
+    features_file: str | None = None  # csv: features.json of `chainfl data prepare` (None: the one next to the CSV)
+    fill: float | None = None        # csv: value for empty feature cells (None: the features.json's, else an error)
+    max_rows: int | None = None      # csv: cap on data rows read into memory (None: CsvLimits default, 0: no cap)
+    max_bytes: int | None = None     # csv: cap on the file size, bytes (None: CsvLimits default, 0: no cap)
     model: str = "mlp"               # mlp | logreg
     hidden: tuple[int, ...] = (32, 16)
     epochs: int = 2                  # local epochs per visit / round
@@ -267,13 +273,28 @@ def _load_data(cfg: RunConfig, train_chain, run_dir: Path, progress: bool) -> _D
                 "eval_labels": str(run_dir / "eval" / "labels.csv")}
         order = features.first_seen(list(ds.ids))
         return _Data(ds.X, ds.y, tuple(ds.feature_names), order, eval_ds.X, eval_ds.y, "new chain", info)
-    from chainfl.data.datasets import load_csv, load_eth_fraud
+    from chainfl.data.datasets import CsvLimits, load_csv, load_eth_fraud
+    from chainfl.data.prepare import read_plan
+    from chainfl.errors import DataError
 
-    ds = load_eth_fraud() if cfg.dataset == "eth_fraud" else load_csv(cfg.data, cfg.label)
+    manifest = None
+    if cfg.dataset == "eth_fraud":
+        ds = load_eth_fraud()
+        unknown = [d for d in cfg.drop if d not in ds.feature_names]
+        if unknown:
+            raise DataError(f"--drop {unknown}: not features of eth_fraud; its features are {ds.feature_names}")
+        if cfg.features is not None or cfg.drop:
+            ds = ds.select([f for f in (cfg.features or ds.feature_names) if f not in cfg.drop])
+    else:
+        plan = read_plan(cfg.data, label=cfg.label, features=cfg.features, drop=cfg.drop, fill=cfg.fill,
+                         features_file=cfg.features_file)
+        ds = load_csv(cfg.data, plan.label, plan.features, drop=plan.drop, id_column=plan.id_column,
+                      fill_missing=plan.fill, limits=CsvLimits.from_options(cfg.max_bytes, cfg.max_rows))
+        manifest = plan.manifest
     X = np.nan_to_num(np.asarray(ds.X, dtype=np.float32))
     train_idx, test_idx = _stratified_split(ds.y, cfg.test_fraction, cfg.seed)
     info = {"source": ds.source, "rows": len(ds.y), "positive_rate": float(np.mean(ds.y)),
-            "test_rows": len(test_idx)}
+            "test_rows": len(test_idx), "features": list(ds.feature_names), "features_file": manifest}
     return _Data(X[train_idx], ds.y[train_idx], tuple(ds.feature_names), None, X[test_idx], ds.y[test_idx],
                  "held-out split", info)
 

@@ -111,3 +111,19 @@ def test_state_version_is_checked():
 
     with pytest.raises(DataError, match="version"):
         FeatureState.from_dict({"version": 99})
+
+
+def test_chain_computable_splits_a_feature_list_in_order():
+    names = ["total Ether sent", "Total ERC20 tnxs", " Sent tnx ", schema.MISSING_FLAG, "my own column",
+             "Avg min between sent tnx"]
+    assert schema.chain_computable(names) == (["total Ether sent", " Sent tnx ", "Avg min between sent tnx"],
+                                              ["Total ERC20 tnxs", schema.MISSING_FLAG, "my own column"])
+    assert schema.chain_computable(schema.DERIVED_FROM_CHAIN) == (list(schema.DERIVED_FROM_CHAIN), [])
+    computable, other = schema.chain_computable(schema.FEATURES)
+    assert (len(computable), len(other)) == (22, 23) and other == list(schema.ERC20_FEATURES)
+    # exactly the columns extract_features computes
+    state = FeatureState().add_all([Tx(1, 0, A, B, E)], next_block=2)
+    assert schema.chain_computable(state.features(A)) == (list(state.features(A)), [])
+    message = schema.not_computable_message(other, len(schema.FEATURES))
+    assert message.startswith("23 of 45 features cannot be computed from a chain's blocks: 'Total ERC20 tnxs'")
+    assert "(+18 more)" in message and "chainfl.data.schema.DERIVED_FROM_CHAIN (22 features" in message

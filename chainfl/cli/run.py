@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from chainfl.cli._columns import column_options, limit_options, names
 from chainfl.cli._common import echo_json, json_option, rpc_option, store_option
 
 
@@ -73,6 +74,12 @@ def _f(v) -> str:
 @click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Train on a labelled CSV instead of a simulation (needs --label).")
 @click.option("--label", default=None, help="Label column of --data.")
+@column_options
+@limit_options
+@click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+              show_default=True, help="--data / --dataset eth_fraud: share of each class held out for the test.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+              help="Share of each node's rows held out for validation (threshold, validation gate).")
 @click.option("--dataset", type=click.Choice(["simulate", "eth_fraud"]), default=None,
               help="eth_fraud: the real labelled dataset in CHAINFL_DATA_DIR.")
 @click.option("--accounts", type=int, default=400, show_default=True,
@@ -92,7 +99,8 @@ def _f(v) -> str:
 @store_option
 @json_option
 def run_cmd(mode, nodes, rounds, strategy, no_gate, partition_, alpha, attack, malicious_fraction, data_path,
-            label, dataset, accounts, eval_accounts, epochs, lr, model, seed, registry_address, out, quiet, rpc,
+            label, features, drop, features_file, fill, max_rows, max_bytes, test_fraction, val_fraction,
+            dataset, accounts, eval_accounts, epochs, lr, model, seed, registry_address, out, quiet, rpc,
             store, as_json):
     """Train a detector across NODES data holders with the registry as the audit trail.
 
@@ -109,6 +117,8 @@ def run_cmd(mode, nodes, rounds, strategy, no_gate, partition_, alpha, attack, m
                     partition=partition_, alpha=alpha,
                     attack="gaussian-noise" if attack == "noise" else attack,
                     malicious_fraction=malicious_fraction, dataset=source, data=data_path, label=label,
+                    features=names(features), drop=names(drop) or (), features_file=features_file, fill=fill,
+                    max_rows=max_rows, max_bytes=max_bytes, test_fraction=test_fraction, val_fraction=val_fraction,
                     accounts=accounts, eval_accounts=eval_accounts, epochs=epochs, lr=lr, model=model, seed=seed,
                     rpc=rpc, store=store, registry=registry_address)
     result = run_job(cfg, out=out, progress=not quiet and not as_json)

@@ -252,7 +252,7 @@ def choose_id_column(profiles: dict[str, ColumnProfile], label: str, id_column: 
 def id_reason(p: ColumnProfile) -> str | None:
     """Why a column is id-like, or ``None``."""
     if id_like_name(p.name):
-        return "id-like name (a row number, index, id or address is bookkeeping, not behaviour)"
+        return "id-like name (row numbers, indexes, ids and addresses are bookkeeping, not behaviour)"
     if p.permutation:
         lo, hi = p.permutation
         return f"id-like values: each integer {lo}..{hi} appears exactly once (a row number)"
@@ -325,7 +325,9 @@ def choose_features(profiles: dict[str, ColumnProfile], label: str, *,
         elif p.kind == "empty":
             dropped.append((name, "every cell is empty"))
         elif p.kind == "text":
-            dropped.append((name, f"{_kind_detail(p)}; list it in --features to encode it"))
+            how = ("list it in --features to encode it" if allow_text else
+                   f"`chainfl data prepare --features {name!r}` encodes it")
+            dropped.append((name, f"{_kind_detail(p)}; {how}"))
         elif p.kind == "typo":
             raise _typo(p, where, source)
         elif drop_constant and p.constant(fill):

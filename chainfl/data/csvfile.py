@@ -112,23 +112,22 @@ def _exists(path: Path) -> None:
 
 
 def read_header(path: str | Path) -> list[str]:
-    """The column names (surrounding spaces removed) of the first non-blank line."""
+    """The column names as the readers name them (surrounding spaces removed; an empty header
+    cell is ``Unnamed: <position>``)."""
     path = Path(path)
     _exists(path)
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            for row in csv.reader(f):
-                if row:
-                    names = [c.strip() for c in row]
-                    break
-            else:
-                raise DataError(f"{path}: the file is empty; expected a CSV with a header row", path=str(path))
+        names = [str(c).strip() for c in pd.read_csv(path, nrows=0, **_READ).columns]
+    except pd.errors.EmptyDataError as e:
+        raise DataError(f"{path}: the file is empty; expected a CSV with a header row", path=str(path)) from e
     except UnicodeDecodeError as e:
         raise utf8_error(path) from e
+    except (pd.errors.ParserError, ValueError) as e:
+        raise DataError(f"{path}: not a valid CSV: {e}", path=str(path)) from e
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise DataError(f"{path}: column name(s) {twice} appear more than once; rename them so each "
-                        f"column has its own name", path=str(path), column=twice[0])
+        raise DataError(f"{path}: column name(s) {twice} appear more than once once surrounding spaces are "
+                        f"removed; rename them so each column has its own name", path=str(path), column=twice[0])
     return names
 
 

@@ -192,14 +192,21 @@ def _both_classes(y: np.ndarray, path: Path, label: str) -> None:
 
 # --- bounded-memory statistics ---------------------------------------------------------------------
 
-def read_labels(path: str | Path, label: str, chunk_rows: int | None = None) -> np.ndarray:
-    """The label column alone, streamed (int8, one byte a row)."""
+def read_labels(path: str | Path, label: str, chunk_rows: int | None = None, *,
+                require_both_classes: bool = True) -> np.ndarray:
+    """The label column alone, streamed (int8, one byte a row); the errors of :func:`load_csv`."""
     path = Path(path)
+    if label not in read_header(path):
+        raise DataError(f"{path}: label column {label!r} not found; columns are {read_header(path)}",
+                        path=str(path), column=label)
     parts = [parse_labels(chunk[label], path).astype(np.int8)
              for _, chunk in iter_chunks(path, usecols=[label], chunk_rows=chunk_rows)]
     if not parts or not sum(len(p) for p in parts):
         raise DataError(f"{path}: the file has a header but no rows", path=str(path))
-    return np.concatenate(parts)
+    y = np.concatenate(parts)
+    if require_both_classes:
+        _both_classes(y, path, label)
+    return y
 
 
 @dataclass(frozen=True)

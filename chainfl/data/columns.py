@@ -42,6 +42,11 @@ CAMEL_ID = re.compile(r".*[a-z](Id|ID)")
 ADDRESS_VALUE = re.compile(r"0x[0-9a-fA-F]{40}")
 #: Fewer rows than this and a permutation of 0..n-1 is too likely by chance to call it a row number.
 MIN_PERMUTATION_ROWS = 20
+#: The bitmap that checks "each of lo..hi once" may span this many values before the rows seen
+#: justify more (PERMUTATION_SLACK per row): 16 MB, so a row number is found in any row order
+#: for files of up to 16M rows, and a unique integer column of wide range costs at most that.
+PERMUTATION_BITMAP = 1 << 24
+PERMUTATION_SLACK = 64
 #: A column whose non-empty cells are numbers at least this often is numeric with typos, not text.
 TYPO_SHARE = 0.99
 #: Single-feature ROC-AUC at or beyond these bounds (either direction) is reported as a leak.
@@ -144,8 +149,8 @@ class _Tracker:
 
     def _permutation(self, nums: np.ndarray, blemish: bool) -> None:
         """Keep a bitmap of the integers seen while they can still be each of lo..hi once; it is
-        dropped at the first blank, fraction, repeat or gap wider than the rows, so only a real
-        row-number column costs memory (1 byte per row)."""
+        dropped at the first blank, fraction or repeat, or when the range outgrows any plausible
+        row count, so only a real row-number column keeps it (1 byte per row)."""
         if not self.perm:
             return
         if blemish or not self.integer or (len(nums) and np.abs(nums).max() > 2 ** 53):
@@ -157,8 +162,8 @@ class _Tracker:
         lo, hi = int(v.min()), int(v.max())
         lo = lo if self.lo is None else min(lo, self.lo)
         hi = hi if self.hi is None else max(hi, self.hi)
-        if hi - lo + 1 > self.rows:                  # more values than rows: a gap somewhere
-            self._no_perm()
+        if hi - lo + 1 > max(PERMUTATION_SLACK * self.rows, PERMUTATION_BITMAP):
+            self._no_perm()                          # a range no row count will fill: not a row number
             return
         if self.seen is None:
             self.seen = np.zeros(hi - lo + 1, dtype=bool)

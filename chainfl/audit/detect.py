@@ -19,8 +19,9 @@
 4. :func:`out_of_distribution` checks the scaled inputs against the training distribution the
    release's scaler records: per feature, the accounts beyond ``|z| > 10`` (:data:`OOD_Z`); 1 %
    (:data:`OOD_MIN_SHARE`) of the accounts or more, and at least 3 (:data:`OOD_MIN_ROWS`), in any
-   feature raise the warning, naming the worst features; each account's largest ``|z|`` is in its row. (A feature that was constant in training keeps std 1 in the scaler, so the check sees
-   only large departures from its training value there.)
+   feature raise the warning, naming the worst features; each account's largest ``|z|`` is in its
+   row. (A feature that was constant in training keeps std 1 in the scaler, so the check sees only
+   large departures from its training value there.)
 5. :meth:`Scored.metrics` compares with known labels (precision/recall/F1 at the threshold, AUCs,
    and the same for the capped alerts).
 

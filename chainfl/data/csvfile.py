@@ -73,8 +73,9 @@ class CsvLimits:
         path = Path(path)
         size = path.stat().st_size
         if self.max_bytes is not None and size > self.max_bytes:
-            raise DataError(f"{path}: {_size(size)} is over the {_size(self.max_bytes)} cap on a CSV read whole "
-                            f"into memory (max_bytes); raise it with --max-bytes BYTES (or "
+            raise DataError(f"{path}: {size:,} bytes ({_size(size)}) is over the cap of {self.max_bytes:,} bytes "
+                            f"({_size(self.max_bytes)}) on a CSV read whole into memory (max_bytes); raise it "
+                            f"with --max-bytes BYTES (or "
                             f"CHAINFL_CSV_MAX_BYTES; 0 = no cap) or split the file with `chainfl data "
                             f"prepare`", path=str(path))
         if self.max_rows is None:

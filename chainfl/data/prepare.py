@@ -443,18 +443,20 @@ def read_plan(csv_path: str | Path, *, label: str | None = None, features: Seque
               drop: Sequence[str] = (), fill: float | None = None, features_file: str | Path | None = None) -> ReadPlan:
     """Combine the options with a manifest (``features_file``, else one next to the CSV).
 
-    ``features`` and ``features_file`` exclude each other; ``features`` wins over a manifest that
-    merely sits next to the CSV. A manifest's label must equal ``label`` when both are given;
-    ``fill`` defaults to the manifest's. ``drop`` applies to whichever list is used.
+    ``features`` and ``features_file`` exclude each other; ``features`` replaces the list of a
+    manifest that merely sits next to the CSV (its label, ids and fill still apply). A manifest's
+    label must equal ``label`` when both are given; ``fill`` defaults to the manifest's. ``drop``
+    applies to whichever list is used.
     """
     drop = tuple(d.strip() for d in drop)
+    features = None if features is None else tuple(f.strip() for f in features)
     if features is not None and features_file is not None:
         raise ConfigError("use either --features or --features-file, not both")
     manifest, where = None, None
     if features_file is not None:
         where = Path(features_file)
         manifest = Manifest.load(where)
-    elif features is None and (found := find_manifest(csv_path)) is not None:
+    elif (found := find_manifest(csv_path)) is not None:
         try:
             manifest, where = Manifest.load(found), found
         except DataError as e:
@@ -463,13 +465,15 @@ def read_plan(csv_path: str | Path, *, label: str | None = None, features: Seque
         if label is None:
             raise ConfigError(f"{csv_path}: which column is the label? pass --label COLUMN (or keep the "
                               f"features.json of `chainfl data prepare` next to the file)")
-        return ReadPlan(label, None if features is None else tuple(f.strip() for f in features), drop, fill)
+        return ReadPlan(label, features, drop, fill)
     if label is not None and label != manifest.label:
         raise ConfigError(f"--label {label!r} differs from the label {manifest.label!r} recorded in {where}; "
                           f"drop --label or pass another --features-file")
+    fill = manifest.fill if fill is None else fill
+    if features is not None:
+        return ReadPlan(manifest.label, features, drop, fill, manifest.id_column, None)
     missing = [d for d in drop if d not in manifest.features]
     if missing:
         raise ConfigError(f"--drop {missing} names column(s) that are not in {where}'s feature list "
                           f"{list(manifest.features)}")
-    return ReadPlan(manifest.label, manifest.features, drop, manifest.fill if fill is None else fill,
-                    manifest.id_column, str(where))
+    return ReadPlan(manifest.label, manifest.features, drop, fill, manifest.id_column, str(where))

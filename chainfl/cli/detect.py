@@ -143,7 +143,7 @@ def _print(result: dict, out: str | None) -> None:
         a = m["alerts"]
         console.print(f"Against {m['labelled']} labelled accounts, at the threshold: precision {m['precision']:.4f}, "
                       f"recall {m['recall']:.4f}, F1 {m['f1']:.4f}, ROC-AUC {m['roc_auc']:.4f}, PR-AUC "
-                      f"{m['pr_auc']:.4f}; the {a['flagged']} alerts: precision {a['precision']:.4f}, recall "
+                      f"{m['pr_auc']:.4f}; the {a['flagged']} labelled alerts: precision {a['precision']:.4f}, recall "
                       f"{a['recall']:.4f}")
     if out:
         click.echo(f"ranked accounts written to {out}", err=True)

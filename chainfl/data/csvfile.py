@@ -237,7 +237,8 @@ def parse_numbers(cells: pd.Series, path: Path, name: str, fill: float | None) -
         record = int(cells.index[int(np.flatnonzero(bad.to_numpy())[0])])
         line = record_line(path, record)
         raise DataError(f"{path}: column {name!r} line {line}: {cells[record]!r} is not a number; fix the "
-                        f"cell, or leave the column out with --drop {name!r}", path=str(path), column=name, row=line)
+                        f"cell, or leave the column out with --drop {name!r} (a text column is encoded by "
+                        f"`chainfl data prepare --features {name!r}`)", path=str(path), column=name, row=line)
     if values.isna().any():
         if fill is None:
             record = int(cells.index[int(np.flatnonzero(values.isna().to_numpy())[0])])

@@ -88,6 +88,17 @@ class BlobNotFoundError(StoreError):
         self.cid = cid
 
 
+class BlobTooLargeError(StoreError):
+    """A blob is larger than the caller allows (a task caps model blobs at what its model needs).
+    Refused before it is read into memory."""
+
+    def __init__(self, message: str, *, cid: str, limit: int, size: int | None = None):
+        super().__init__(message)
+        self.cid = cid
+        self.limit = limit
+        self.size = size
+
+
 class IntegrityError(StoreError):
     """Bytes do not match the CID or the digest they were fetched under. Never loaded."""
 

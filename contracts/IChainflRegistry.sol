@@ -25,6 +25,8 @@ interface IChainflRegistry {
         uint64 deadline; // federated: deadline (unix time) of the current round
         bytes32 head; // chained: latest model; federated: current global model
         bytes32 accepted; // chained: last accepted model; federated: equals head
+        uint16 nodeCount; // the task's node set, fixed at creation
+        uint32 roundSubmissions; // federated: updates submitted to the current round
     }
 
     /// @notice Read-only view of an account's role and counters.
@@ -36,6 +38,21 @@ interface IChainflRegistry {
         uint32 rejectionsIssued;
         uint32 rejectionsReceived;
         uint32 flags;
+    }
+
+    /// @notice How a federated round ends: one entry per submitted update. `nodes` lists every
+    ///         node that submitted to the round, strictly ascending by address; `codes[i]` is the
+    ///         decision on `nodes[i]` (0 included in the aggregate, 1 excluded without blame — not
+    ///         selected by the rule, e.g. Krum —, 2 flagged as suspicious); `reasons` holds one
+    ///         reason per flagged node, in list order. `evidenceDigest`/`evidenceCid` name an
+    ///         optional blob with the decision's off-chain inputs (e.g. peer score reports), or
+    ///         0 / "" for none.
+    struct Decision {
+        address[] nodes;
+        bytes codes;
+        string[] reasons;
+        bytes32 evidenceDigest;
+        string evidenceCid;
     }
 
     // --- errors: access control -------------------------------------------------------------
@@ -54,12 +71,19 @@ interface IChainflRegistry {
     error RegistryEmptyCid();
     error RegistryCidTooLong(uint256 length, uint256 maxLength);
     error RegistryZeroSamples();
+    error RegistryNoNodes();
+    error RegistryTooManyNodes(uint256 count, uint256 maxCount);
+    error RegistryDuplicateTaskNode(address account);
+    error RegistryNotTaskNode(uint256 taskId, address account);
+    error RegistryReasonTooLong(uint256 length, uint256 maxLength);
 
     // --- errors: chained mode -----------------------------------------------------------------
     error RegistryNotYourTurn(uint256 taskId, address expected, address caller);
     error RegistryStaleParent(uint256 taskId, bytes32 head, bytes32 parent);
     error RegistryUnchangedModel(uint256 taskId, bytes32 digest);
     error RegistryNothingToReject(uint256 taskId, bytes32 head, bytes32 accepted, bytes32 digest);
+    error RegistryHandoffToSelf(uint256 taskId, address node);
+    error RegistrySkipToProducer(uint256 taskId, address producer);
 
     // --- errors: federated mode ---------------------------------------------------------------
     error RegistryRoundStillOpen(uint256 taskId, uint256 round);
@@ -69,10 +93,12 @@ interface IChainflRegistry {
     error RegistryDeadlinePassed(uint256 taskId, uint256 round, uint256 deadline, uint256 timestamp);
     error RegistryAlreadySubmitted(uint256 taskId, uint256 round, address node);
     error RegistryNotSubmitted(uint256 taskId, uint256 round, address node);
-    error RegistryAlreadyFlagged(uint256 taskId, uint256 round, address node);
-    error RegistryUpdateFlagged(uint256 taskId, uint256 round, address node);
     error RegistryNothingIncluded(uint256 taskId, uint256 round);
-    error RegistryIncludedNotSorted(uint256 index, address node);
+    error RegistryNodesNotSorted(uint256 index, address node);
+    error RegistryDecisionCount(uint256 taskId, uint256 round, uint256 decided, uint256 submitted);
+    error RegistryBadDecision(uint256 index, uint8 code);
+    error RegistryReasonCount(uint256 flagged, uint256 reasons);
+    error RegistryIncludedInAbandon(uint256 index, address node);
 
     // --- events: membership -------------------------------------------------------------------
     event AdminTransferred(address indexed previousAdmin, address indexed newAdmin);
@@ -82,6 +108,7 @@ interface IChainflRegistry {
     event CoordinatorRevoked(address indexed account, address indexed by);
 
     // --- events: tasks ------------------------------------------------------------------------
+    /// @dev `nodes` is the task's node set (chained: the visiting order, `nodes[0]` goes first).
     event TaskCreated(
         uint256 indexed taskId,
         address indexed coordinator,
@@ -90,9 +117,17 @@ interface IChainflRegistry {
         string configCid,
         bytes32 initialDigest,
         string initialCid,
-        address firstNode
+        address[] nodes
     );
-    event TaskClosed(uint256 indexed taskId, address indexed by, bytes32 releaseDigest, string releaseCid);
+    event TaskClosed(
+        uint256 indexed taskId,
+        address indexed by,
+        bytes32 releaseDigest,
+        string releaseCid,
+        string reason,
+        bytes32 evidenceDigest,
+        string evidenceCid
+    );
 
     // --- events: chained mode -----------------------------------------------------------------
     event HandoffRecorded(
@@ -135,6 +170,18 @@ interface IChainflRegistry {
         bytes32 parent,
         bytes32 digest,
         string cid,
-        address[] included
+        address[] included,
+        address[] excluded,
+        bytes32 evidenceDigest,
+        string evidenceCid
+    );
+    event RoundAbandoned(
+        uint256 indexed taskId,
+        uint64 indexed round,
+        bytes32 globalModel,
+        address[] excluded,
+        string reason,
+        bytes32 evidenceDigest,
+        string evidenceCid
     );
 }

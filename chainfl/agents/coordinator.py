@@ -1,27 +1,36 @@
-"""The coordinator: creates a task, drives its rounds, aggregates, releases the final model.
+"""The coordinator: creates a task, drives its rounds or turns, decides, releases the final model.
 
 Like the node agents it derives what to do from chain state and events each
 :meth:`Coordinator.step`, so a restarted coordinator (``attach(task_id)``) carries on where the
-chain is:
+chain is, and every decision it records is one transaction (nothing half-done survives a crash):
 
 * **create** (:meth:`Coordinator.create_task`): registers the task's nodes and its own
   coordinator role when it is the registry's admin, stores the :class:`TaskSpec` (canonical JSON)
-  and the initial model, and records both digests + CIDs with ``createTask``.
-* **federated**: opens round r with a deadline (``spec.round_seconds`` after the latest block);
-  once a quorum of updates is in (``spec.effective_quorum()``) or the deadline has passed, fetches
-  every update by CID and verifies it against the digest in its ``UpdateSubmitted`` event, then
-  screens and aggregates them with the task's :class:`~chainfl.aggregation.strategies.Strategy`
-  (inputs sorted by update digest: bit-identical for any arrival order), flags each excluded update
-  on chain with its reason (an update whose blob fails verification is flagged too), stores the
-  aggregate and finalizes the round with the included nodes.
-* **chained**: watches the turns; if the expected node makes no progress for ``turn_timeout``
-  seconds, passes its turn to the next node (``skipTurn``).
-* **end**: after the last round (federated) or ``rounds × nodes`` handoffs and the next node's
-  final gate check (chained), it sums the nodes' signed validation-score histograms, picks the
-  F1-maximising threshold (:mod:`chainfl.agents.threshold`), stores the **release** — the final
-  weights re-encoded with the threshold, scaler, feature names and model config in the codec meta
-  (see :mod:`chainfl.agents.modelio`) — and closes the task, recording the release digest + CID
-  when the registry's ``closeTask`` takes them.
+  and the initial model, and records both digests + CIDs and the task's node set with
+  ``createTask`` (only those nodes may submit or be handed to).
+* **federated**: opens round r with a deadline (``spec.round_seconds`` after the latest block).
+  Once the quorum (``spec.effective_quorum()``) has submitted or the deadline has passed, it
+  fetches every update by CID (verified against the digest on chain, capped at the task's blob
+  size), waits up to ``spec.fetch_patience`` seconds of chain time for blobs that do not resolve,
+  and calls :func:`chainfl.aggregation.decision.decide_round` — the same pure function the audit
+  calls — for a verdict on every update (included, excluded by the rule, or flagged with a
+  coded reason: invalid, unavailable, copy, samples, screening). It then stores the aggregate and
+  records the whole decision with ``finalizeRound`` in one transaction — or, when no update is
+  usable, ``abandonRound`` with the reason, and the next round starts from the same model.
+  After ``spec.max_abandoned`` abandoned rounds in a row the task ends with what it has.
+* **chained**: if the expected node makes no progress for ``spec.turn_seconds`` of chain time,
+  passes its turn to the next node of the task — never to the producer of an unaccepted head,
+  which the contract refuses too, so nobody accepts its own model.
+* **end**: after ``spec.rounds`` finalized rounds (federated) or ``rounds × nodes`` handoffs and
+  the next node's final check (chained), it sums the nodes' signed validation-score histograms,
+  picks the F1-maximising threshold (:mod:`chainfl.agents.threshold`), stores the **release** —
+  the final weights re-encoded with the threshold, scaler, feature names and model config in the
+  codec meta (see :mod:`chainfl.agents.modelio`) — and closes the task with the release digest +
+  CID and the reason it ends. A chained head that no node checked is not released: the last
+  accepted model is.
+
+Transient chain or store outages inside a step are ridden out by :meth:`run` with backoff
+(:mod:`chainfl.agents.retry`).
 """
 
 from __future__ import annotations
@@ -33,36 +42,35 @@ import numpy as np
 
 from chainfl.agents import modelio
 from chainfl.agents.follower import EventFollower
+from chainfl.agents.reports import evidence_blob, histograms_for, verified_reports
+from chainfl.agents.retry import Backoff
 from chainfl.agents.setup import fast_calls
-from chainfl.agents.reports import histograms_for
 from chainfl.agents.spec import TaskSpec
 from chainfl.agents.threshold import merge_histograms, threshold_from_histogram
-from chainfl.aggregation.strategies import Strategy, Update
-from chainfl.chain.registry import Mode
-from chainfl.errors import (AgentError, BlobNotFoundError, CodecError, ContractError, IntegrityError,
-                            LearningError)
+from chainfl.aggregation.decision import Candidate, decide_round, reason_code
+from chainfl.aggregation.strategies import Strategy
+from chainfl.chain.registry import Mode, RoundDecision
+from chainfl.errors import (AgentError, BlobNotFoundError, BlobTooLargeError, CodecError, ContractError,
+                            IntegrityError)
 from chainfl.learning.models import flatten, unflatten
 
 log = logging.getLogger(__name__)
-
-COORDINATOR_GAS = 1_500_000
 
 
 class Coordinator:
     """See the module docstring."""
 
-    def __init__(self, registry, store, account, *, reports=None, turn_timeout: float = 120.0,
-                 report_timeout: float = 60.0, fetch_timeout: float = 30.0, clock=time.monotonic):
+    def __init__(self, registry, store, account, *, reports=None, report_timeout: float = 60.0,
+                 fetch_timeout: float = 10.0, patience: float = 300.0):
         self.registry = registry
         self.chain = registry.chain
         self.store = store
         self.account = account
         self.address = account.address
         self.reports = reports
-        self.turn_timeout = float(turn_timeout)
         self.report_timeout = float(report_timeout)
         self.fetch_timeout = fetch_timeout
-        self.clock = clock
+        self.patience = float(patience)
         fast_calls(self.chain)
         self.task_id: int | None = None
         self.spec: TaskSpec | None = None
@@ -71,9 +79,11 @@ class Coordinator:
         self.threshold: float | None = None
         self.threshold_f1: float | None = None
         self.reported_nodes = 0
+        self.close_reason: str | None = None
         self.round_log: dict[int, dict] = {}    # federated: round -> what happened
-        self._progress = None               # (chain key, clock) for the chained turn watchdog
         self._finished_at = None
+        self._waiting_on: dict[int, set] = {}   # round -> nodes whose blobs are awaited (logged once)
+        self._silence_logged: set[tuple[int, int]] = set()
 
     def __repr__(self) -> str:
         return f"Coordinator({self.address}, task {self.task_id})"
@@ -100,9 +110,8 @@ class Coordinator:
         initial = modelio.put_model(self.store, state, {"kind": "initial", "seed": int(spec.seed)})
         start = self.chain.block_number()
         mode = Mode.CHAINED if spec.mode == "chained" else Mode.FEDERATED
-        first = spec.nodes[0] if spec.mode == "chained" else None
         task_id = self.registry.create_task(config.digest, config.cid, mode, initial.digest, initial.cid,
-                                            first, self.account)
+                                            spec.nodes, self.account)
         log.info("task %s created (%s, %s nodes, %s rounds, config %s)", task_id, spec.mode, len(spec.nodes),
                  spec.rounds, config.cid)
         self.attach(task_id, start_block=start)
@@ -121,6 +130,9 @@ class Coordinator:
         if task.coordinator.lower() != self.address.lower():
             raise AgentError(f"task {task_id} is coordinated by {task.coordinator}, not {self.address}")
         self.spec = modelio.load_spec(self.store, created["configCid"], created["configDigest"], self.fetch_timeout)
+        if [a.lower() for a in created["nodes"]] != [a.lower() for a in self.spec.nodes]:
+            raise AgentError(f"task {task_id}: the node set on chain differs from its spec's; this task was "
+                             f"not created by chainfl's coordinator")
 
     # -- the loop ---------------------------------------------------------------------------
     def step(self) -> str:
@@ -135,8 +147,10 @@ class Coordinator:
         return self._chained(task)
 
     def run(self, poll_interval: float = 0.5, timeout: float | None = None) -> None:
+        """Step until the task is closed; chain/store outages are retried (``patience`` seconds)."""
         start = time.monotonic()
-        while self.step() != "done":
+        backoff = Backoff(f"coordinator of task {self.task_id}", patience=self.patience)
+        while backoff.run(self.step) != "done":
             if timeout is not None and time.monotonic() - start > timeout:
                 raise AgentError(f"{self}: task not finished after {timeout:.0f} s")
             time.sleep(poll_interval)
@@ -146,44 +160,90 @@ class Coordinator:
 
     # -- federated --------------------------------------------------------------------------
     def _federated(self, task) -> str:
-        spec = self.spec
+        spec, hist = self.spec, self.follower.history
         r = task.round
         if task.round_open:
-            subs = self.follower.history.submissions.get(r, {})
-            if len(subs) >= spec.effective_quorum() or (self._now() > task.deadline and subs):
-                return self._finalize(task)
-            if self._now() > task.deadline and not subs:
-                log.warning("task %s round %s: deadline passed with no update; waiting for one",
-                            self.task_id, r)
-            return "waiting"
-        if r < spec.rounds:
-            deadline = self._now() + int(spec.round_seconds)
-            try:
-                opened = self.registry.open_round(self.task_id, deadline, self.account)
-            except ContractError as e:
-                log.info("%s: openRound reverted (%s); re-reading the chain", self, e.error_name)
-                return "reverted"
-            log.info("task %s: round %s opened (deadline %s)", self.task_id, opened, deadline)
-            return "opened"
-        return self._finish(task)
+            if len(hist.submissions.get(r, {})) < task.round_submissions:
+                return "waiting"            # the view is ahead of the events read: poll again
+            now = self._now()
+            if task.round_submissions < spec.effective_quorum() and now <= task.deadline:
+                self._log_silence(r, task, now)
+                return "waiting"
+            return self._end_round(task)
+        done = len(hist.finalized)
+        if done >= spec.rounds:
+            return self._finish(task, f"{done} round(s) finalized as planned")
+        streak = hist.abandoned_streak()
+        if streak >= spec.max_abandoned:
+            return self._finish(task, f"stopped after {done} finalized round(s): the last {streak} round(s) "
+                                      f"ended without a usable update")
+        deadline = self._now() + int(spec.round_seconds)
+        try:
+            opened = self.registry.open_round(self.task_id, deadline, self.account)
+        except ContractError as e:
+            log.info("%s: openRound reverted (%s); re-reading the chain", self, e.error_name)
+            return "reverted"
+        log.info("task %s: round %s opened (deadline %s)", self.task_id, opened, deadline)
+        return "opened"
 
-    def _finalize(self, task) -> str:
-        spec = self.spec
+    def _log_silence(self, r: int, task, now: int) -> None:
+        """Say which nodes have not submitted, once at a quarter of the round time and once near
+        its end (a node that crashed or went silent is visible while the round waits for it)."""
+        opened = self.follower.history.rounds.get(r)
+        if opened is None:
+            return
+        start = self.follower.block_time(opened["_block"])
+        length = max(1, int(task.deadline) - start)
+        for mark in (1, 3):
+            if now - start >= mark * length / 4 and (r, mark) not in self._silence_logged:
+                self._silence_logged.add((r, mark))
+                got = {a.lower() for a in self.follower.history.submissions.get(r, {})}
+                silent = [a for a in self.spec.nodes if a.lower() not in got]
+                log.warning("task %s round %s: %s of %s node(s) have not submitted (%s); the round ends at "
+                            "its deadline in %s s", self.task_id, r, len(silent), len(self.spec.nodes),
+                            ", ".join(a[:10] for a in silent[:8]) + (" …" if len(silent) > 8 else ""),
+                            max(0, int(task.deadline) - now))
+
+    def _candidates(self, r: int) -> list[Candidate] | None:
+        """Every submission of round ``r`` in chain order with its blob, or None while a blob that
+        does not resolve is still within the task's fetch patience."""
+        spec, hist = self.spec, self.follower.history
+        now = self._now()
+        out, pending = [], []
+        for ev in hist.ordered_submissions(r):
+            node, digest, cid = ev["node"], bytes(ev["digest"]), ev["cid"]
+            try:
+                state, meta = modelio.load_model(self.store, cid, digest, spec, self.fetch_timeout)
+            except (IntegrityError, CodecError, BlobTooLargeError) as e:
+                out.append(Candidate(node, digest, int(ev["samples"]),
+                                     problem=f"invalid: blob failed verification ({type(e).__name__}: {e})"))
+                continue
+            except BlobNotFoundError:
+                waited = now - self.follower.block_time(ev["_block"])
+                if waited < spec.fetch_patience:
+                    pending.append(node)
+                    continue
+                out.append(Candidate(node, digest, int(ev["samples"]),
+                                     problem=f"unavailable: blob {cid} did not resolve within "
+                                             f"{spec.fetch_patience} s"))
+                continue
+            out.append(Candidate(node, digest, int(ev["samples"]), vector=flatten(state), meta=meta))
+        if pending:
+            if set(pending) != self._waiting_on.get(r):
+                self._waiting_on[r] = set(pending)
+                log.warning("task %s round %s: waiting up to %s s for the update blob(s) of %s to resolve",
+                            self.task_id, r, spec.fetch_patience, ", ".join(pending))
+            return None
+        return out
+
+    def _end_round(self, task) -> str:
+        spec, hist = self.spec, self.follower.history
         r = task.round
-        hist = self.follower.history
-        subs = hist.submissions.get(r, {})
+        candidates = self._candidates(r)
+        if candidates is None:
+            return "waiting"
         strategy = Strategy.from_spec(spec.strategy) if spec.strategy else Strategy(name="fedavg")
         global_state = self._load(task.head)
-        reference = flatten(global_state)
-        updates, broken = [], {}
-        for node, ev in sorted(subs.items()):
-            try:
-                state, _ = modelio.load_model(self.store, ev["cid"], ev["digest"], spec, self.fetch_timeout)
-            except (IntegrityError, CodecError, BlobNotFoundError) as e:
-                broken[node] = f"blob failed verification: {type(e).__name__}"
-                continue
-            updates.append(Update(node=node, digest=ev["digest"], state_vec=flatten(state),
-                                  n_samples=int(ev["samples"])))
         previous = None     # the global model of the round before (server momentum); None in round 1
         if strategy.server_momentum and r > 1:
             opened = hist.rounds.get(r - 1)
@@ -192,123 +252,133 @@ class Coordinator:
                                  f"not read (server momentum needs its global model); attach from an "
                                  f"earlier block (e.g. 0)")
             previous = flatten(self._load(opened["globalModel"]))
+        outcome = decide_round(candidates, strategy, task_id=self.task_id, round_=r,
+                               reference=flatten(global_state), previous=previous, committed=spec.node_samples)
+        decision = RoundDecision(included=outcome.included, excluded=outcome.excluded, flagged=outcome.flagged)
         try:
-            result = strategy.aggregate(updates, reference=reference, previous=previous)
-        except LearningError as e:
-            raise AgentError(f"task {self.task_id} round {r}: cannot aggregate {len(updates)} update(s): {e}") from e
-        to_flag = dict(broken)
-        for node in result.flagged:
-            to_flag[node] = _reason(result.scores.get(node, {}))
-        already = hist.flags.get(r, {})
-        for node, reason in sorted(to_flag.items()):
-            if node in already:
-                continue
-            try:
-                self.registry.flag_update(self.task_id, r, node, reason[:200], self.account)
-            except ContractError as e:
-                if e.error_name != "RegistryAlreadyFlagged":
-                    raise
-        state = unflatten(result.vector, global_state)
-        stored = modelio.put_model(self.store, state, {"kind": "aggregate", "task": self.task_id, "round": int(r)})
-        try:
-            self.registry.finalize_round(self.task_id, r, stored.digest, stored.cid, result.included, self.account)
+            if outcome.abandoned:
+                self.registry.abandon_round(self.task_id, r, decision, outcome.abandon_reason, self.account)
+                stored = None
+            else:
+                stored = modelio.put_model(self.store, unflatten(outcome.vector, global_state),
+                                           {"kind": "aggregate", "task": self.task_id, "round": int(r)})
+                self.registry.finalize_round(self.task_id, r, stored.digest, stored.cid, decision, self.account)
         except ContractError as e:
-            log.info("%s: finalizeRound reverted (%s); re-reading the chain", self, e.error_name)
+            # e.g. RegistryDecisionCount: an update arrived after the events were read
+            log.info("%s: ending round %s reverted (%s); re-reading the chain", self, r, e.error_name)
             return "reverted"
-        losses = [ev["lossE6"] / 1e6 for ev in subs.values()]
-        self.round_log[r] = {"round": r, "submitted": sorted(subs), "included": list(result.included),
-                             "flagged": sorted(to_flag), "flag_reasons": to_flag,
+        losses = [ev["lossE6"] / 1e6 for ev in hist.ordered_submissions(r)]
+        codes = sorted({reason_code(v) for v in outcome.flagged.values()})
+        self.round_log[r] = {"round": r, "submitted": [c.node for c in candidates], "included": outcome.included,
+                             "excluded": outcome.excluded, "flagged": sorted(outcome.flagged),
+                             "flag_reasons": dict(outcome.flagged), "abandoned": outcome.abandon_reason,
                              "mean_loss": float(np.mean(losses)) if losses else None,
-                             "model": stored.hex}
-        log.info("task %s: round %s finalized: %s update(s), %s included, %s flagged", self.task_id, r,
-                 len(subs), len(result.included), len(to_flag))
+                             "model": stored.hex if stored else None}
+        if outcome.abandoned:
+            log.warning("task %s round %s abandoned: %s (%s update(s), %s flagged)", self.task_id, r,
+                        outcome.abandon_reason, len(candidates), len(outcome.flagged))
+            return "abandoned"
+        log.info("task %s round %s: %s update(s), %s included, %s excluded, %s flagged%s, mean loss %s",
+                 self.task_id, r, len(candidates), len(outcome.included), len(outcome.excluded),
+                 len(outcome.flagged), f" ({', '.join(codes)})" if codes else "",
+                 "n/a" if not losses else f"{np.mean(losses):.4f}")
         return "finalized"
 
     # -- chained ----------------------------------------------------------------------------
     def _chained(self, task) -> str:
-        spec = self.spec
-        key = (task.expected, task.seq, task.head)
-        if self._progress is None or self._progress[0] != key:
-            self._progress = (key, self.clock())
+        spec, hist = self.spec, self.follower.history
+        silent_for = self._now() - self.follower.block_time(hist.turn_block)
         if task.seq >= spec.total_handoffs:
             checker = task.expected
-            checked = self._has_report(checker, task.head)
-            if checked or self.clock() - self._progress[1] > self.turn_timeout:
-                return self._finish(task)
+            if task.head == task.accepted or self._has_report(checker, task.head):
+                return self._finish(task, f"{task.seq} handoff(s) recorded as planned")
+            if silent_for <= spec.turn_seconds:
+                return "waiting"
+            final_skips = sum(1 for s in hist.skips if s["_block"] > hist.handoffs[-1]["_block"])
+            if final_skips >= len(spec.nodes) - 2:      # every node but the producer was asked
+                return self._finish(task, f"{task.seq} handoff(s) recorded; no node checked the final one "
+                                          f"within {spec.turn_seconds} s each, so the last accepted model is "
+                                          f"released")
+        elif silent_for <= spec.turn_seconds or task.expected is None:
             return "waiting"
-        if self.clock() - self._progress[1] > self.turn_timeout and task.expected is not None:
-            nxt = spec.next_node(task.expected)
-            try:
-                self.registry.skip_turn(self.task_id, nxt, self.account)
-            except ContractError as e:
-                log.info("%s: skipTurn reverted (%s)", self, e.error_name)
-                return "reverted"
-            log.warning("task %s: %s made no progress for %.0f s; turn passed to %s", self.task_id,
-                        task.expected, self.turn_timeout, nxt)
-            self._progress = None
-            return "skipped"
-        return "waiting"
+        nxt = self._next_turn(task)
+        try:
+            self.registry.skip_turn(self.task_id, nxt, self.account)
+        except ContractError as e:
+            log.info("%s: skipTurn reverted (%s)", self, e.error_name)
+            return "reverted"
+        log.warning("task %s: %s made no progress for %.0f s; turn passed to %s", self.task_id,
+                    task.expected, silent_for, nxt)
+        return "skipped"
+
+    def _next_turn(self, task) -> str:
+        """The node after the silent one in the task's order, skipping the producer of an
+        unaccepted head (it must not check its own model)."""
+        order = list(self.spec.nodes)
+        lowered = [a.lower() for a in order]
+        i = lowered.index(task.expected.lower()) if task.expected.lower() in lowered else -1
+        for k in range(1, len(order) + 1):
+            candidate = order[(i + k) % len(order)]
+            if task.head != task.accepted and task.head_node and candidate.lower() == task.head_node.lower():
+                continue
+            return candidate
+        return task.expected
 
     def _has_report(self, node, digest: bytes) -> bool:
         if self.reports is None or node is None:
             return False
-        return bool(histograms_for(self.reports.reports(self.task_id), self.task_id, [node], "0x" + digest.hex()))
+        hexd = "0x" + digest.hex()
+        return bool(histograms_for(self.reports.reports_for(self.task_id, hexd), self.task_id, [node], hexd))
 
     # -- the end: threshold, release, close -------------------------------------------------
-    def _finish(self, task) -> str:
+    def _release_digest(self, task) -> bytes:
+        """Federated: the current global model. Chained: the head if its checker accepted it (or
+        it is accepted), else the last accepted model."""
+        if task.mode == Mode.FEDERATED or task.head == task.accepted:
+            return task.head
+        return task.head if self._has_report(task.expected, task.head) else task.accepted
+
+    def _finish(self, task, reason: str) -> str:
         spec = self.spec
-        final_hex = "0x" + task.head.hex()
-        hists = []
+        final = self._release_digest(task)
+        final_hex = "0x" + final.hex()
+        used = []
         if self.reports is not None:
-            hists = histograms_for(self.reports.reports(self.task_id), self.task_id, spec.nodes, final_hex)
-        if len(hists) < len(spec.nodes):
+            used = verified_reports(self.reports.reports_for(self.task_id, final_hex), self.task_id, spec.nodes,
+                                    final_hex)
+        if len(used) < len(spec.nodes):
             if self._finished_at is None:
-                self._finished_at = self.clock()
-            if self.clock() - self._finished_at <= self.report_timeout and self.reports is not None:
+                self._finished_at = time.monotonic()
+            if time.monotonic() - self._finished_at <= self.report_timeout and self.reports is not None:
                 return "waiting"
             log.warning("task %s: %s of %s node(s) reported validation histograms; choosing the threshold "
-                        "from those", self.task_id, len(hists), len(spec.nodes))
+                        "from those", self.task_id, len(used), len(spec.nodes))
+        hists = [r.histograms[final_hex] for r in used]
         if hists:
             self.threshold, self.threshold_f1 = threshold_from_histogram(merge_histograms(hists))
         else:
             self.threshold, self.threshold_f1 = 0.5, None
             log.warning("task %s: no validation histograms; release threshold defaults to 0.5", self.task_id)
         self.reported_nodes = len(hists)
-        state = self._load(task.head)
+        state = self._load(final)
         meta = {"kind": "release", "task": self.task_id, "source": final_hex, "threshold": self.threshold,
                 "threshold_f1": self.threshold_f1, "reported_nodes": len(hists), "scaler": spec.scaler,
                 "feature_names": list(spec.feature_names), "model": spec.model}
         self.release = modelio.put_model(self.store, state, meta)
+        evidence = modelio.put_blob(self.store, evidence_blob(self.task_id, final_hex, used)) if used else None
         try:
-            self._close(self.release)
+            self.registry.close_task(self.task_id, self.release.digest, self.release.cid, self.account, reason,
+                                     evidence_digest=evidence.digest if evidence else None,
+                                     evidence_cid=evidence.cid if evidence else None)
         except ContractError as e:
             log.info("%s: closeTask reverted (%s)", self, e.error_name)
             return "reverted"
-        log.info("task %s closed: release %s (threshold %.4f from %s node report(s))", self.task_id,
+        self.close_reason = reason
+        log.info("task %s closed (%s): release %s (threshold %.4f from %s node report(s))", self.task_id, reason,
                  self.release.cid, self.threshold, len(hists))
         return "closed"
-
-    def _close(self, release) -> None:
-        """closeTask records the release's digest + CID in TaskClosed (the auditable end point)."""
-        self.registry.close_task(self.task_id, release.digest, release.cid, self.account)
 
     def _load(self, digest: bytes):
         cid = self.follower.history.cid_of(digest)
         state, _ = modelio.load_model(self.store, cid, digest, self.spec, self.fetch_timeout)
         return state
-
-
-def _reason(scores: dict) -> str:
-    """A short flag reason from screening scores."""
-    if not scores:
-        return "excluded by screening"
-    if scores.get("reasons"):
-        return "screened out: " + "; ".join(str(r) for r in scores["reasons"])
-    parts = []
-    for k in sorted(scores):
-        v = scores[k]
-        if isinstance(v, float):
-            parts.append(f"{k}={v:.3g}")
-        elif isinstance(v, (int, str, bool)):
-            parts.append(f"{k}={v}")
-    return "screened out: " + ", ".join(parts)

@@ -9,8 +9,13 @@ from events (state on chain has digests only; CIDs live in events):
 * ``cids``: model digest -> CID, from ``TaskCreated`` (initial model), ``HandoffRecorded`` and
   ``RoundFinalized``;
 * ``created``: the ``TaskCreated`` arguments (config digest + CID);
-* ``submissions``: federated round -> {node: ``UpdateSubmitted`` args};
-* ``flags``: federated round -> {node: reason}.
+* ``submissions``: federated round -> {node: ``UpdateSubmitted`` args}, each with its place on
+  chain (``_block``, ``_log``) so a round's updates can be taken in chain order;
+* ``flags``: federated round -> {node: reason}; ``finalized`` / ``abandoned``: how rounds ended;
+* ``turn_block``: chained, the block of the last event that set whose turn it is.
+
+Block timestamps (for patience and turn timeouts measured in chain time, which a restarted
+process reads the same way) come from :meth:`EventFollower.block_time`, cached.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ log = logging.getLogger(__name__)
 
 #: Events an agent or coordinator of one task cares about.
 TASK_EVENTS = ("TaskCreated", "TaskClosed", "HandoffRecorded", "HandoffRejected", "TurnSkipped",
-               "RoundOpened", "UpdateSubmitted", "UpdateFlagged", "RoundFinalized")
+               "RoundOpened", "UpdateSubmitted", "UpdateFlagged", "RoundFinalized", "RoundAbandoned")
 
 
 @dataclass
@@ -42,24 +47,29 @@ class TaskHistory:
     submissions: dict[int, dict[str, dict]] = field(default_factory=dict)
     flags: dict[int, dict[str, str]] = field(default_factory=dict)
     finalized: dict[int, dict] = field(default_factory=dict)    # round -> RoundFinalized args
+    abandoned: dict[int, dict] = field(default_factory=dict)    # round -> RoundAbandoned args
     created_block: int | None = None
+    turn_block: int | None = None                               # chained: last turn-setting event
 
     def apply(self, event) -> None:
-        a = event.args
+        a = dict(event.args, _block=event.block_number, _log=event.log_index)
         name = event.name
         if name == "TaskCreated":
             self.created = a
-            self.created_block = event.block_number
+            self.created_block = self.turn_block = event.block_number
             self.cids[a["initialDigest"]] = a["initialCid"]
         elif name == "TaskClosed":
             self.closed = a
         elif name == "HandoffRecorded":
             self.handoffs.append(a)
             self.cids[a["digest"]] = a["cid"]
+            self.turn_block = event.block_number
         elif name == "HandoffRejected":
             self.rejections.append(a)
+            self.turn_block = event.block_number
         elif name == "TurnSkipped":
             self.skips.append(a)
+            self.turn_block = event.block_number
         elif name == "RoundOpened":
             self.rounds[int(a["round"])] = a
         elif name == "UpdateSubmitted":
@@ -70,6 +80,30 @@ class TaskHistory:
         elif name == "RoundFinalized":
             self.finalized[int(a["round"])] = a
             self.cids[a["digest"]] = a["cid"]
+        elif name == "RoundAbandoned":
+            self.abandoned[int(a["round"])] = a
+
+    @property
+    def nodes(self) -> list[str]:
+        """The task's node set, as TaskCreated recorded it."""
+        return list(self.created["nodes"]) if self.created else []
+
+    def ended(self, round_: int) -> bool:
+        return round_ in self.finalized or round_ in self.abandoned
+
+    def ordered_submissions(self, round_: int) -> list[dict]:
+        """The round's ``UpdateSubmitted`` args in chain order (block, log index)."""
+        return sorted(self.submissions.get(round_, {}).values(), key=lambda a: (a["_block"], a["_log"]))
+
+    def abandoned_streak(self) -> int:
+        """Rounds abandoned in a row at the end of the history so far."""
+        streak = 0
+        for r in sorted(self.rounds, reverse=True):
+            if r in self.abandoned:
+                streak += 1
+            elif r in self.finalized:
+                break
+        return streak
 
     def federated_state(self, task_id: int) -> TaskState:
         """The federated task's state as ``Registry.task`` would return it at the last block read,
@@ -84,9 +118,10 @@ class TaskHistory:
         if r in self.finalized:
             head = bytes(self.finalized[r]["digest"])
         return TaskState(task_id=int(task_id), mode=Mode.FEDERATED, closed=self.closed is not None,
-                         round_open=opened is not None and r not in self.finalized and self.closed is None,
+                         round_open=opened is not None and not self.ended(r) and self.closed is None,
                          coordinator=self.created["coordinator"], expected=None, head_node=None, seq=r,
-                         deadline=int(opened["deadline"]) if opened else 0, head=head, accepted=head)
+                         deadline=int(opened["deadline"]) if opened else 0, head=head, accepted=head,
+                         node_count=len(self.nodes), round_submissions=len(self.submissions.get(r, {})))
 
     def cid_of(self, digest: bytes) -> str:
         try:
@@ -109,6 +144,16 @@ class EventFollower:
         self.chunk = int(chunk)
         self.max_blocks = int(max_blocks)
         self.history = TaskHistory()
+        self._times: dict[int, int] = {}
+
+    def block_time(self, block: int) -> int:
+        """The timestamp of ``block`` (cached; blocks never change their time)."""
+        block = int(block)
+        if block not in self._times:
+            if len(self._times) > 4096:
+                self._times.clear()
+            self._times[block] = int(self.registry.chain.w3.eth.get_block(block)["timestamp"])
+        return self._times[block]
 
     def poll(self) -> list:
         """Read the next (at most ``max_blocks``) blocks; returns their events for this task."""

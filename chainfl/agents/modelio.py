@@ -17,8 +17,10 @@ Blob meta (the safetensors ``__metadata__``) written by the agents, for auditors
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -61,8 +63,27 @@ def train_config(spec: TaskSpec) -> TrainConfig:
 
 def expected_of_spec(spec: TaskSpec) -> dict:
     """name -> (shape, float32) of the task's model, in the model's parameter order."""
-    shapes = expected_shapes(model_config(spec), len(spec.feature_names))
-    return OrderedDict((name, (shape, np.dtype(np.float32))) for name, shape in shapes.items())
+    return OrderedDict(_expected(json.dumps(spec.model, sort_keys=True), len(spec.feature_names)))
+
+
+@lru_cache(maxsize=64)
+def _expected(model_json: str, n_features: int) -> tuple:
+    shapes = expected_shapes(ModelConfig.from_dict(json.loads(model_json)), n_features)
+    return tuple((name, (shape, np.dtype(np.float32))) for name, shape in shapes.items())
+
+
+#: Bytes a model blob may carry beyond its tensors: the safetensors header and the codec meta
+#: (a release's meta holds the scaler and the feature names: ~10 kB for 50 features).
+BLOB_HEADER_ALLOWANCE = 256 * 1024
+
+
+def blob_cap(spec: TaskSpec) -> int:
+    """The largest model blob of ``spec``'s task: its tensors' bytes plus the header allowance
+    (``spec.limits["max_blob_bytes"]`` when the task records one)."""
+    if spec.max_blob_bytes is not None:
+        return spec.max_blob_bytes
+    tensors = sum(int(np.prod(shape)) * 4 for shape, _ in expected_of_spec(spec).values())
+    return tensors + BLOB_HEADER_ALLOWANCE
 
 
 def initial_state(spec: TaskSpec):
@@ -74,7 +95,7 @@ def load_model(store, cid: str, expected_digest: bytes, spec: TaskSpec, timeout:
     """Fetch ``cid``, verify it against ``expected_digest`` and decode it for ``spec``'s model.
 
     Returns ``(state, meta)`` with ``state`` in the model's parameter order; raises IntegrityError / CodecError / BlobNotFoundError otherwise."""
-    blob = fetch_verified(store, cid, expected_digest, timeout=timeout)
+    blob = fetch_verified(store, cid, expected_digest, timeout=timeout, max_bytes=blob_cap(spec))
     expected = expected_of_spec(spec)
     state, meta = decode_model(blob, expected)
     return OrderedDict((name, state[name]) for name in expected), meta   # the model's own order

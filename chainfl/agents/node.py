@@ -5,11 +5,15 @@ reads new registry events (bounded, from a cursor) and the task's state on chain
 one thing left to do from them:
 
 * **chained** — when ``task.expected`` is this node: if the head is a model not yet accepted, fetch
-  it by CID (from the ``HandoffRecorded`` event), verify it against the digest on chain and score
-  it against the last accepted model with the task's validation gate on this node's validation
-  slice; a model that is clearly worse — or whose blob fails verification — is rejected on chain
-  with the reason (``rejectHandoff``), and training starts from the last accepted model. Then
-  train on the local data, store the result, and record the handoff to the next node.
+  it by CID (from the ``HandoffRecorded`` event), verify it against the digest on chain (and the
+  task's blob size cap), check that its meta names its producer, this task and that step (a copy
+  of someone else's model does not) and that it claims no more rows than the producer committed,
+  and score it against the last accepted model with the task's validation gate on this node's
+  validation slice; a model that is clearly worse, fails any check, or whose blob does not
+  resolve within ``spec.fetch_patience`` seconds of chain time after its handoff, is rejected on
+  chain with the reason (``rejectHandoff``), and training starts from the last accepted model —
+  a node never trains on a head it has not verified. Then train on the local data, store the
+  result, and record the handoff to the next node.
 * **federated** — when a round is open, its deadline not passed, and this node has not submitted
   to it: fetch and verify the round's global model, train, store, submit. The decision is taken
   from the events already read (``TaskHistory.federated_state``, tested equal to the chain's
@@ -23,6 +27,9 @@ Agents in one process (``chainfl run``) share one :class:`EventFollower` (``foll
 decide from the history it keeps, so one poll per block serves all of them, and a round's events are
 read once instead of once per agent (n agents each reading every submission was ~n^2 log reads).
 Agents in separate processes each follow the chain themselves.
+
+Outages: :meth:`NodeAgent.run` retries a step that fails because the chain or the store is
+unreachable, with backoff, for up to ``patience`` seconds (:mod:`chainfl.agents.retry`).
 
 Crash safety: the chain state is re-read right before every transaction, so an agent restarted
 after a crash (even between storing a result and submitting it) redoes only what the chain lacks;
@@ -49,15 +56,19 @@ from chainfl.agents import modelio
 from chainfl.agents.follower import EventFollower
 from chainfl.agents.setup import fast_calls
 from chainfl.agents.reports import NodeReport
+from chainfl.agents.retry import Backoff
 from chainfl.agents.threshold import score_histogram
-from chainfl.aggregation.attacks import AttackConfig, poison_labels, poison_update
+from chainfl.aggregation.attacks import PROTOCOL_ATTACKS, AttackConfig, poison_labels, poison_update
 from chainfl.chain.registry import Mode
 from chainfl.data.scaling import FeatureStats, Scaler
-from chainfl.errors import AgentError, BlobNotFoundError, CodecError, ContractError, IntegrityError
+from chainfl.errors import (AgentError, BlobNotFoundError, BlobTooLargeError, CodecError, ContractError,
+                            IntegrityError)
 from chainfl.learning.chained import ValidationGate
 from chainfl.learning.evaluate import predict_scores
 from chainfl.learning.models import flatten, unflatten
 from chainfl.learning.train import train_local
+from chainfl.storage.cid import compute_cid
+from chainfl.storage.codec import digest as blob_digest, encode_model
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +76,8 @@ log = logging.getLogger(__name__)
 SUBMIT_GAS = 400_000
 #: Accepted handoffs whose step sizes form the gate's reference (median) for the next check.
 STEP_WINDOW = 10
+#: Rows an ``inflated`` attacker claims (evaluation only).
+INFLATED_SAMPLES = 10**9
 
 
 @dataclass(frozen=True)
@@ -100,9 +113,9 @@ class LocalData:
 class NodeAgent:
     """See the module docstring. ``attack`` makes this node malicious (evaluation only)."""
 
-    def __init__(self, registry, store, account, task_id: int, data: LocalData, *,
+    def __init__(self, registry, store, account, task_id: int, data: LocalData | None, *,
                  reports=None, attack: AttackConfig | None = None, start_block: int = 0,
-                 fetch_timeout: float = 30.0, fetch_patience: float = 300.0,
+                 fetch_timeout: float = 10.0, patience: float = 300.0,
                  follower: EventFollower | None = None):
         self.registry = registry
         self.chain = registry.chain
@@ -114,10 +127,8 @@ class NodeAgent:
         self.reports = reports
         self.attack = attack if attack is not None and attack.kind != "none" else None
         self.fetch_timeout = fetch_timeout
-        # a blob that is merely not (yet) retrievable is retried for this long before the
-        # incoming model is rejected; a blob that fails verification is rejected at once
-        self.fetch_patience = fetch_patience
-        self._missing_since: dict[bytes, float] = {}
+        self.patience = float(patience)      # how long a chain/store outage is ridden out
+        self._waiting_for: bytes | None = None
         if follower is not None and (follower.task_id != self.task_id or follower.registry is not registry):
             raise AgentError(f"{account.address}: the shared follower follows task {follower.task_id} "
                              f"on another registry object; share a follower only between agents of "
@@ -131,6 +142,7 @@ class NodeAgent:
         self._gate = None
         self._step_cache: dict[bytes, float] = {}
         self._reported: set[str] = set()
+        self._tried: set[int] = set()         # rounds a refused attacker already tried
         self.actions: list[str] = []          # what this agent did, for logs and tests
 
     def __repr__(self) -> str:   # never shows the key
@@ -145,6 +157,9 @@ class NodeAgent:
             return False
         spec = modelio.load_spec(self.store, created["configCid"], created["configDigest"], self.fetch_timeout)
         lowered = [a.lower() for a in spec.nodes]
+        if self.attack is not None and self.attack.kind == "outsider":
+            self.spec, self.index = spec, -1          # evaluation: tries to submit anyway
+            return True
         if self.address.lower() not in lowered:
             raise AgentError(f"{self.address} is not a node of task {self.task_id}; its nodes are "
                              f"{', '.join(spec.nodes)}")
@@ -181,10 +196,12 @@ class NodeAgent:
         return action
 
     def run(self, poll_interval: float = 0.5, timeout: float | None = None, stop=None) -> None:
-        """Step until the task is closed (or ``timeout`` seconds, or ``stop()`` returns True)."""
+        """Step until the task is closed (or ``timeout`` seconds, or ``stop()`` returns True).
+        Chain or store outages are retried with backoff for up to ``patience`` seconds."""
         start = time.monotonic()
+        backoff = Backoff(f"node {self.address} (task {self.task_id})", patience=self.patience)
         while True:
-            if self.step() == "done":
+            if backoff.run(self.step) == "done":
                 return
             if stop is not None and stop():
                 return
@@ -206,13 +223,15 @@ class NodeAgent:
         # it is our turn: look at the incoming (unaccepted) model first
         start_digest = task.accepted
         rejected = False
-        if task.head != task.accepted:
+        if task.head != task.accepted and self.attack is not None and self.attack.kind in PROTOCOL_ATTACKS:
+            start_digest = task.head          # a protocol attacker does not check what it gets
+        elif task.head != task.accepted:
             ok, reason, head_state = self._check_incoming(task)
             if ok is None:
                 return "waiting"     # incoming blob not retrievable yet; retried next poll
             if not ok:
                 try:
-                    self.registry.reject_handoff(self.task_id, task.head, reason[:200], self.account)
+                    self.registry.reject_handoff(self.task_id, task.head, reason, self.account)
                 except ContractError as e:
                     log.info("%s: rejection of 0x%s reverted (%s); re-reading the chain", self,
                              task.head.hex()[:12], e.error_name)
@@ -225,11 +244,10 @@ class NodeAgent:
         if finished:   # final check only; report on whichever model survived
             head = self.registry.task(self.task_id).head
             return self._report({head}) if not rejected else self._report({head}, tag="rejected+reported")
-        state = self._load(start_digest)
-        result = self._train(state, step=task.seq // len(spec.nodes))
-        stored = modelio.put_model(self.store, result[0], {"kind": "handoff", "task": self.task_id,
-                                                           "node": self.address, "step": int(task.seq)})
-        self._before_submit(stored)
+        made = self._produce(start_digest, task.seq // len(spec.nodes), "handoff", task.seq)
+        if made is None:            # copy attack with nothing to copy: an honest handoff instead
+            made = self._honest(start_digest, task.seq // len(spec.nodes), task.seq)
+        digest_, cid, samples, loss = made
         # re-read right before sending: act only if the chain still expects exactly this
         now = self.registry.task(self.task_id)
         if now.closed or now.expected is None or now.expected.lower() != self.address.lower() \
@@ -238,29 +256,36 @@ class NodeAgent:
             return "stale"
         nxt = spec.next_node(self.address)
         try:
-            self.registry.record_handoff(self.task_id, start_digest, stored.digest, stored.cid, result[1],
-                                         result[2], nxt, self.account, gas=SUBMIT_GAS)
+            self.registry.record_handoff(self.task_id, start_digest, digest_, cid, samples, loss, nxt,
+                                         self.account, gas=SUBMIT_GAS)
         except ContractError as e:
             log.info("%s: handoff reverted (%s: %s); re-reading the chain", self, e.error_name, e)
             return "reverted"
         log.info("task %s: handoff %s by %s (loss %.4f, %s samples) -> %s", self.task_id, task.seq + 1,
-                 self.address, result[2], result[1], nxt)
+                 self.address, loss, samples, nxt)
         return "rejected+handoff" if rejected else "handoff"
 
     def _check_incoming(self, task):
-        """(accept, reason, state) for the unaccepted head, against the last accepted model."""
+        """(accept, reason, state) for the unaccepted head, against the last accepted model;
+        accept is None while its blob has not resolved and the task's patience has not run out."""
+        handoff = self._handoff_of(task.head)
         try:
-            head_state = self._load(task.head)
-        except (IntegrityError, CodecError) as e:
-            return False, f"blob failed verification: {type(e).__name__}: {e}", None
+            head_state, meta = self._load_with_meta(task.head)
+        except (IntegrityError, CodecError, BlobTooLargeError) as e:
+            return False, f"invalid: blob failed verification ({type(e).__name__}: {e})", None
         except BlobNotFoundError as e:
-            first = self._missing_since.setdefault(task.head, time.monotonic())
-            waited = time.monotonic() - first
-            if waited < self.fetch_patience:
-                log.info("%s: incoming model 0x%s not retrievable yet (%s); retrying (%.0f of %.0f s)",
-                         self, task.head.hex()[:12], e, waited, self.fetch_patience)
+            waited = self._chain_now() - (self.follower.block_time(handoff["_block"]) if handoff else 0)
+            if handoff is not None and waited < self.spec.fetch_patience:
+                if self._waiting_for != task.head:
+                    self._waiting_for = task.head
+                    log.info("%s: incoming model 0x%s not retrievable yet (%s); waiting up to %s s", self,
+                             task.head.hex()[:12], e, self.spec.fetch_patience)
                 return None, "", None
-            return False, f"blob not retrievable for {waited:.0f} s: {e}", None
+            return False, f"unavailable: blob did not resolve within {self.spec.fetch_patience} s", None
+        if handoff is not None:
+            problem = self._handoff_problem(handoff, meta)
+            if problem:
+                return False, problem, None
         if self._gate is None:
             return True, "no gate", head_state
         accepted_state = self._load(task.accepted)
@@ -270,7 +295,30 @@ class NodeAgent:
         ok, reason = self._gate.check(self._gate.score(cfg, head_state, Xv, yv),
                                       self._gate.score(cfg, accepted_state, Xv, yv), step,
                                       self._recent_steps(task))
-        return ok, reason, head_state
+        return ok, reason if ok else f"gate: {reason}", head_state
+
+    def _handoff_problem(self, handoff: dict, meta: dict) -> str | None:
+        """Why the handoff's blob is not what its producer claims (None if it is)."""
+        producer = str(handoff["node"])
+        maker = str(meta.get("node", ""))
+        step = int(handoff["seq"]) - 1
+        if meta.get("kind") != "handoff" or maker.lower() != producer.lower() \
+                or meta.get("task") != self.task_id or meta.get("step") != step:
+            return (f"copy: the blob is a {meta.get('kind')!r} made by {maker or '?'} for task "
+                    f"{meta.get('task')!r} step {meta.get('step')!r}, not {producer}'s handoff {step + 1}")
+        cap = self.spec.committed_samples(producer)
+        if cap is not None and int(handoff["samples"]) > cap:
+            return f"samples: claims {int(handoff['samples'])} training rows, but committed {cap} in its statistics"
+        return None
+
+    def _handoff_of(self, digest: bytes) -> dict | None:
+        for h in reversed(self.follower.history.handoffs):
+            if h["digest"] == digest:
+                return h
+        return None
+
+    def _chain_now(self) -> int:
+        return max(self.chain.latest_timestamp(), int(time.time()))
 
     def _step_size(self, state, parent_state, samples: int) -> float:
         """Distance moved per optimiser step (the sender's steps follow from its sample count)."""
@@ -298,51 +346,93 @@ class NodeAgent:
         return steps
 
     def _samples_of(self, digest: bytes) -> int:
-        for h in reversed(self.follower.history.handoffs):
-            if h["digest"] == digest:
-                return int(h["samples"])
-        return 1
+        h = self._handoff_of(digest)
+        return int(h["samples"]) if h is not None else 1
 
     # -- federated --------------------------------------------------------------------------
     def _federated(self, task) -> str:
         spec = self.spec
         hist = self.follower.history
-        if spec.rounds in hist.finalized:
-            return self._report({hist.finalized[spec.rounds]["digest"]})
+        # report the validation histogram of each new global model (round quality, early
+        # stopping and the release threshold are computed from these reports)
+        if hist.finalized and self.index >= 0:
+            latest = hist.finalized[max(hist.finalized)]["digest"]
+            if "0x" + bytes(latest).hex() not in self._reported:
+                return self._report({latest})
         r = task.round
-        if not task.round_open or r < 1 or r > spec.rounds:
+        if not task.round_open or r < 1:
             return "idle"
         # the follower has read from the task's creation (the spec needs TaskCreated), so it has
         # seen round r open and every submission to it: no view call needed here
-        if self.address in hist.submissions.get(r, {}):
+        if self.address in hist.submissions.get(r, {}) or r in self._tried:
             return "idle"
         if self.chain.latest_timestamp() > task.deadline:
             return "idle"
-        state = self._load(task.head)
-        result = self._train(state, step=r)
-        stored = modelio.put_model(self.store, result[0], {"kind": "update", "task": self.task_id,
-                                                           "node": self.address, "step": int(r)})
-        self._before_submit(stored)
+        made = self._produce(task.head, r, "update", r, round_=r)
+        if made is None:
+            return "waiting"                  # (copy attack: nothing to copy yet)
+        digest_, cid, samples, loss = made
         now = self.registry.task(self.task_id)
         if now.closed or not now.round_open or now.round != r or now.head != task.head \
                 or self.registry.has_submitted(self.task_id, r, self.address):
             log.info("%s: round %s moved on while training; not submitting", self, r)
             return "stale"
         try:
-            self.registry.submit_update(self.task_id, r, task.head, stored.digest, stored.cid, result[1],
-                                        result[2], self.account, gas=SUBMIT_GAS)
+            self.registry.submit_update(self.task_id, r, task.head, digest_, cid, samples, loss, self.account,
+                                        gas=SUBMIT_GAS)
         except ContractError as e:
             log.info("%s: submission to round %s reverted (%s); carrying on", self, r, e.error_name)
-            return "reverted"
+            if self.attack is not None:
+                self._tried.add(r)            # a refused attacker does not retry every poll
+            return "refused" if e.error_name == "RegistryNotTaskNode" else "reverted"
         log.info("task %s: round %s update by %s (loss %.4f, %s samples)", self.task_id, r, self.address,
-                 result[2], result[1])
+                 loss, samples)
         return "submitted"
+
+    def _produce(self, parent: bytes, train_step: int, kind: str, step_value: int, round_: int | None = None):
+        """``(digest, cid, samples, loss)`` this node sends from the model ``parent``: its stored
+        training result — or, for a node under a protocol attack (evaluation), what it sends
+        instead: ``copy`` another node's update (federated) or an older model (chained),
+        ``inflated`` the unchanged parent claiming 10^9 rows, ``unresolvable`` a result whose blob
+        is never stored, ``outsider`` a result although it is not one of the task's nodes.
+        None when there is nothing to copy yet."""
+        kind_of_attack = self.attack.kind if self.attack is not None else None
+        meta = {"kind": kind, "task": self.task_id, "node": self.address, "step": int(step_value)}
+        if kind_of_attack == "copy":
+            return self._copy_target(round_)
+        state = self._load(parent)
+        if kind_of_attack in ("inflated", "outsider"):
+            stored = modelio.put_model(self.store, state, meta)
+            return stored.digest, stored.cid, INFLATED_SAMPLES if kind_of_attack == "inflated" else 1, 0.0
+        trained, samples, loss = self._train(state, step=train_step)
+        blob = encode_model(trained, meta)
+        if kind_of_attack == "unresolvable":
+            return blob_digest(blob), compute_cid(blob), samples, loss
+        stored = modelio.put_blob(self.store, blob)
+        self._before_submit(stored)
+        return stored.digest, stored.cid, samples, loss
+
+    def _copy_target(self, round_: int | None):
+        hist = self.follower.history
+        if round_ is not None:
+            others = [a for a in hist.ordered_submissions(round_) if a["node"].lower() != self.address.lower()]
+            if not others:
+                return None
+            a = others[0]
+            return bytes(a["digest"]), a["cid"], int(a["samples"]), a["lossE6"] / 1e6
+        task = self.registry.task(self.task_id)       # chained: hand on the last accepted model again
+        h = self._handoff_of(task.accepted)
+        if h is None or task.accepted == task.head:
+            return None
+        return bytes(h["digest"]), h["cid"], int(h["samples"]), h["lossE6"] / 1e6
 
     # -- shared -----------------------------------------------------------------------------
     def _load(self, digest: bytes):
+        return self._load_with_meta(digest)[0]
+
+    def _load_with_meta(self, digest: bytes):
         cid = self.follower.history.cid_of(digest)
-        state, _ = modelio.load_model(self.store, cid, digest, self.spec, self.fetch_timeout)
-        return state
+        return modelio.load_model(self.store, cid, digest, self.spec, self.fetch_timeout)
 
     def _train(self, state, step: int):
         """(state, samples, loss): local training from ``state``; attacks applied if malicious."""
@@ -356,6 +446,13 @@ class NodeAgent:
             vec = poison_update(self.attack, flatten(res.state), flatten(state), 1000 * step + self.index)
             out = unflatten(vec, res.state)
         return out, int(res.n_samples), float(res.loss)
+
+    def _honest(self, parent: bytes, train_step: int, step_value: int):
+        trained, samples, loss = self._train(self._load(parent), step=train_step)
+        stored = modelio.put_model(self.store, trained, {"kind": "handoff", "task": self.task_id,
+                                                         "node": self.address, "step": int(step_value)})
+        self._before_submit(stored)
+        return stored.digest, stored.cid, samples, loss
 
     def _before_submit(self, stored) -> None:
         """Called after the result is stored and before it is submitted (a crash point in tests)."""

@@ -9,7 +9,13 @@ Two channels behind one small protocol (``put(report)``, ``reports(task_id)``):
 
 * :class:`MemoryReportBox` — in one process (``chainfl run``);
 * :class:`DirectoryReportBox` — a shared directory (separate processes on one machine or a
-  shared/synced folder): one file per (task, node), written atomically.
+  shared/synced folder): one file per (task, model, node), written atomically.
+
+Federated nodes report on every new global model (the coordinator logs each round's validation
+quality from them and picks the release threshold from the final model's); chained nodes on the
+candidate final models. The reports a decision used travel on as an **evidence blob**
+(:func:`evidence_blob`, canonical JSON, signatures included), whose digest + CID the coordinator
+records on chain when it closes the task, so an auditor recomputes the threshold from them.
 """
 
 from __future__ import annotations
@@ -77,6 +83,8 @@ class ReportBox(Protocol):
 
     def reports(self, task_id: int) -> list[NodeReport]: ...
 
+    def reports_for(self, task_id: int, model_digest: str) -> list[NodeReport]: ...
+
 
 class MemoryReportBox:
     """Reports kept in memory (in-process runs); an identical report is stored once."""
@@ -90,26 +98,45 @@ class MemoryReportBox:
     def reports(self, task_id: int) -> list[NodeReport]:
         return [r for k, r in self._reports.items() if k[0] == task_id]
 
+    def reports_for(self, task_id: int, model_digest: str) -> list[NodeReport]:
+        return [r for r in self.reports(task_id) if model_digest in r.histograms]
+
 
 class DirectoryReportBox:
-    """Reports as JSON files ``task-<id>/<node>-<body hash>.json`` in a shared directory."""
+    """Reports as JSON files ``task-<id>/<model digest>-<node>-<body hash>.json`` in a shared
+    directory (a report naming several models is filed under the first)."""
 
     def __init__(self, directory):
         self.directory = Path(directory)
 
     def put(self, report: NodeReport) -> None:
         folder = self.directory / f"task-{report.task_id}"
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"{report.node.lower()}-{hashlib.sha256(report.body()).hexdigest()[:16]}.json"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(report.to_dict(), f, sort_keys=True)
-        os.replace(tmp, folder / name)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            model = sorted(report.histograms)[0][2:18] if report.histograms else "none"
+            name = f"{model}-{report.node.lower()}-{hashlib.sha256(report.body()).hexdigest()[:16]}.json"
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(report.to_dict(), f, sort_keys=True)
+            os.replace(tmp, folder / name)
+        except OSError as e:
+            raise AgentError(f"cannot write the report to {folder}: {e}; pass a writable --reports "
+                             f"directory") from e
 
     def reports(self, task_id: int) -> list[NodeReport]:
+        return self._read(task_id, "*.json")
+
+    def reports_for(self, task_id: int, model_digest: str) -> list[NodeReport]:
+        digest = model_digest[2:] if model_digest.startswith("0x") else model_digest
+        found = self._read(task_id, f"{digest[:16]}-*.json")
+        if not found:                       # reports naming several models, filed under another
+            found = self.reports(task_id)
+        return [r for r in found if ("0x" + digest) in r.histograms]
+
+    def _read(self, task_id: int, pattern: str) -> list[NodeReport]:
         folder = self.directory / f"task-{task_id}"
         out = []
-        for path in sorted(folder.glob("*.json")) if folder.exists() else []:
+        for path in sorted(folder.glob(pattern)) if folder.exists() else []:
             try:
                 out.append(NodeReport.from_dict(json.loads(path.read_text())))
             except (OSError, ValueError, AgentError) as e:
@@ -117,10 +144,11 @@ class DirectoryReportBox:
         return out
 
 
-def histograms_for(reports, task_id: int, nodes, model_digest: str) -> list[dict]:
-    """The verified histograms of ``model_digest`` (``0x`` hex), one per node of ``nodes``."""
+def verified_reports(reports, task_id: int, nodes, model_digest: str) -> list[NodeReport]:
+    """One verified report on ``model_digest`` (``0x`` hex) per node of ``nodes`` (sorted by node;
+    a node's last readable report wins)."""
     members = {n.lower() for n in nodes}
-    chosen: dict[str, dict] = {}
+    chosen: dict[str, NodeReport] = {}
     for r in reports:
         if r.task_id != task_id or r.node.lower() not in members:
             continue
@@ -129,5 +157,31 @@ def histograms_for(reports, task_id: int, nodes, model_digest: str) -> list[dict
         if not r.verify():
             log.warning("ignoring a report for task %s claiming to be from %s: bad signature", task_id, r.node)
             continue
-        chosen[r.node.lower()] = r.histograms[model_digest]
+        chosen[r.node.lower()] = r
     return [chosen[k] for k in sorted(chosen)]
+
+
+def histograms_for(reports, task_id: int, nodes, model_digest: str) -> list[dict]:
+    """The verified histograms of ``model_digest`` (``0x`` hex), one per node of ``nodes``."""
+    return [r.histograms[model_digest] for r in verified_reports(reports, task_id, nodes, model_digest)]
+
+
+EVIDENCE_KIND = "reports"
+
+
+def evidence_blob(task_id: int, model_digest: str, reports: list[NodeReport]) -> bytes:
+    """Canonical JSON of the signed reports a decision on ``model_digest`` used (each report cut
+    down to that model's histogram would break its signature, so reports travel whole)."""
+    return canonical_json({"kind": EVIDENCE_KIND, "task": int(task_id), "model": model_digest,
+                           "reports": [r.to_dict() for r in sorted(reports, key=lambda r: r.node.lower())]})
+
+
+def parse_evidence(blob: bytes) -> tuple[int, str, list[NodeReport]]:
+    """``(task_id, model_digest, reports)`` of an evidence blob; AgentError if malformed."""
+    try:
+        d = json.loads(blob.decode("utf-8"))
+        if d.get("kind") != EVIDENCE_KIND:
+            raise ValueError(f"kind {d.get('kind')!r}")
+        return int(d["task"]), str(d["model"]), [NodeReport.from_dict(r) for r in d["reports"]]
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise AgentError(f"not a chainfl evidence blob: {e}") from e

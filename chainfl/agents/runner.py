@@ -49,6 +49,10 @@ from chainfl.learning.evaluate import metrics_from_scores, predict_scores
 log = logging.getLogger(__name__)
 
 DATASETS = ("simulate", "eth_fraud", "csv")
+#: In one process a blob that is not in the store never appears: wait only briefly for it.
+IN_PROCESS_FETCH_PATIENCE = 3
+#: Wall-clock allowance per planned handoff/round before an in-process run is declared stuck.
+DRIVE_SECONDS_PER_STEP = 60
 
 
 @dataclass(frozen=True)
@@ -67,16 +71,16 @@ class RunConfig:
     dataset: str = "simulate"        # simulate | eth_fraud | csv
     data: str | None = None          # CSV path (dataset="csv")
     label: str | None = None         # label column of the CSV
-    accounts: int = 400              # simulated accounts on the training-data chain (~60 s embedded)
-    eval_accounts: int = 200         # simulated accounts on the new (evaluation) chain
-    test_fraction: float = 0.2       # held-out test share for eth_fraud / csv
-    val_fraction: float = 0.2        # each node's validation share
     features: tuple[str, ...] | None = None  # csv/eth_fraud: exactly these features (None: the CSV's features.json, else automatic)
     drop: tuple[str, ...] = ()       # csv/eth_fraud: columns never used as features
     features_file: str | None = None  # csv: features.json of `chainfl data prepare` (None: the one next to the CSV)
     fill: float | None = None        # csv: value for empty feature cells (None: the features.json's, else an error)
     max_rows: int | None = None      # csv: cap on data rows read into memory (None: CsvLimits default, 0: no cap)
     max_bytes: int | None = None     # csv: cap on the file size, bytes (None: CsvLimits default, 0: no cap)
+    accounts: int = 400              # simulated accounts on the training-data chain (~60 s embedded)
+    eval_accounts: int = 200         # simulated accounts on the new (evaluation) chain
+    test_fraction: float = 0.2       # held-out test share for eth_fraud / csv
+    val_fraction: float = 0.2        # each node's validation share
     model: str = "mlp"               # mlp | logreg
     hidden: tuple[int, ...] = (32, 16)
     epochs: int = 2                  # local epochs per visit / round
@@ -344,9 +348,14 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
         spec = build_spec(mode=cfg.mode, nodes=[a.address for a in accounts], rounds=cfg.rounds,
                           stats=[d.stats() for d in locals_], hidden=cfg.hidden, model_kind=cfg.model,
                           epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, strategy=cfg.strategy,
-                          gate=cfg.gate, seed=cfg.seed, round_seconds=cfg.round_seconds)
+                          gate=cfg.gate, seed=cfg.seed, round_seconds=cfg.round_seconds,
+                          fetch_patience=IN_PROCESS_FETCH_PATIENCE)
         attack = AttackConfig(kind=cfg.attack, fraction=cfg.malicious_fraction, seed=cfg.seed)  # validates
-        malicious = choose_malicious(cfg.nodes, cfg.malicious_fraction, cfg.seed) if cfg.attack != "none" else []
+        malicious = choose_malicious(cfg.nodes, cfg.malicious_fraction, cfg.seed) \
+            if cfg.attack not in ("none", "outsider") else []
+        # outsiders: registered members that are not nodes of the task, trying to submit anyway
+        outsiders = [chain.account(cfg.nodes + 1 + i) for i in range(int(round(cfg.malicious_fraction * cfg.nodes)))] \
+            if cfg.attack == "outsider" else []
 
         # 4. the task on chain
         t = time.monotonic()
@@ -358,12 +367,17 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
         agents = [NodeAgent(registry, store, acct, task_id, d, reports=box, start_block=start_block,
                             attack=attack if i in malicious else None, follower=coordinator.follower)
                   for i, (acct, d) in enumerate(zip(accounts, locals_))]
+        for acct in outsiders:
+            if not registry.node(acct).member:
+                registry.add_node(acct, coordinator_account)
+        intruders = [NodeAgent(registry, store, acct, task_id, None, attack=attack, start_block=start_block,
+                               follower=coordinator.follower) for acct in outsiders]
         timings["setup"] = time.monotonic() - t
 
         # 5. training, stepped deterministically
         t = time.monotonic()
         tracker = _RoundTracker(spec, agents, data, coordinator)
-        _drive(cfg, registry, task_id, coordinator, agents, tracker, progress)
+        _drive(cfg, registry, task_id, coordinator, agents + intruders, tracker, progress)
         timings["training"] = time.monotonic() - t
 
         # 6. evaluation with the release
@@ -377,14 +391,14 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
         audit = _audit(chain, registry, store, task_id, start_block)
         timings["audit"] = time.monotonic() - t
 
-        per_node = _per_node(registry, task_id, coordinator, agents, malicious, start_block)
+        per_node = _per_node(registry, task_id, coordinator, agents, malicious, start_block, intruders)
         timings["total"] = time.monotonic() - started
         result = RunResult(config=cfg, run_dir=run_dir, task_id=task_id, registry=registry.address,
                            chain_url=chain.url, store_url=store.url, release_cid=coordinator.release.cid,
                            release_digest=coordinator.release.hex, threshold=float(coordinator.threshold),
                            test=test, rounds=tracker.rounds, per_node=per_node, audit=audit,
                            timings={k: round(v, 2) for k, v in timings.items()}, data=data.info)
-        result.data["malicious"] = [accounts[i].address for i in malicious]
+        result.data["malicious"] = [accounts[i].address for i in malicious] + [a.address for a in outsiders]
         result.data["environment"] = {"chainfl": __version__, "python": platform.python_version(),
                                       "machine": platform.machine(), "platform": platform.platform()}
     rundir.write_run_dir(result)
@@ -392,6 +406,10 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
 
 
 def _drive(cfg, registry, task_id, coordinator, agents, tracker, progress: bool) -> None:
+    """Step the coordinator and the agents in turn until the task is closed. Chained: the agent
+    whose turn it is; federated: every agent once per pass. A pass in which nobody can act (e.g.
+    a blob awaited for the task's fetch patience) sleeps briefly; a task that does not finish
+    within a generous wall-clock bound raises."""
     from tqdm import tqdm
 
     spec = coordinator.spec
@@ -399,27 +417,35 @@ def _drive(cfg, registry, task_id, coordinator, agents, tracker, progress: bool)
     total = spec.total_handoffs if spec.mode == "chained" else spec.rounds
     bar = tqdm(total=total, unit="handoff" if spec.mode == "chained" else "round", desc="training",
                file=sys.stderr, disable=not progress)
-    budget = 20 * (spec.total_handoffs + spec.rounds) + 50     # steps: a stuck task raises
+    bound = time.monotonic() + DRIVE_SECONDS_PER_STEP * (spec.total_handoffs + spec.rounds) + 600
+    quiet = ("idle", "waiting", "done")
     try:
-        for _ in range(budget):
-            if coordinator.step() == "done":
+        while time.monotonic() < bound:
+            action = coordinator.step()
+            if action == "done":
                 return
+            busy = action not in quiet
             task = registry.task(task_id)
             if task.mode.name == "CHAINED" and task.seq < spec.total_handoffs:
                 agent = by_address.get((task.expected or "").lower())
                 if agent is None:
                     raise AgentError(f"task {task_id}: the expected node {task.expected} has no agent here")
-                action = agent.step()
-                if action.endswith("handoff"):
+                step = agent.step()
+                busy = busy or step not in quiet
+                if step.endswith("handoff"):
                     bar.update(1)
                     tracker.after_handoff(registry.task(task_id), agent)
             else:
                 for agent in agents:
-                    agent.step()
-                if coordinator.step() == "finalized":
+                    busy = agent.step() not in quiet or busy
+                ended = coordinator.step()
+                busy = busy or ended not in quiet
+                if ended == "finalized":
                     bar.update(1)
                     tracker.after_round(registry.task(task_id), coordinator)
-        raise AgentError(f"task {task_id} did not finish within {budget} steps; check the log")
+            if not busy:
+                time.sleep(0.2)
+        raise AgentError(f"task {task_id} did not finish in time; check the log")
     finally:
         bar.close()
 
@@ -493,21 +519,29 @@ def _audit(chain, registry, store, task_id: int, start_block: int) -> dict | Non
     return d
 
 
-def _per_node(registry, task_id, coordinator, agents, malicious, start_block) -> list[dict]:
+def _per_node(registry, task_id, coordinator, agents, malicious, start_block, intruders=()) -> list[dict]:
+    from chainfl.aggregation.decision import reason_code
+
     history = coordinator.follower.history
     rows = []
-    for i, agent in enumerate(agents):
+    for i, agent in enumerate(list(agents) + list(intruders)):
         a = agent.address
+        outsider = i >= len(agents)
         handoffs = [h for h in history.handoffs if h["node"].lower() == a.lower()]
         subs = [s for r in history.submissions.values() for n, s in r.items() if n.lower() == a.lower()]
-        rows.append({"node": i, "address": a, "malicious": i in malicious,
-                     "train_rows": int(len(agent.data.y)), "val_rows": int(len(agent.data.y_val)),
-                     "positives": int(agent.data.y.sum()),
+        flags = [reason for f in history.flags.values() for n, reason in f.items() if n.lower() == a.lower()]
+        rows.append({"node": i, "address": a, "malicious": outsider or i in malicious, "outsider": outsider,
+                     "train_rows": 0 if outsider else int(len(agent.data.y)),
+                     "val_rows": 0 if outsider else int(len(agent.data.y_val)),
+                     "positives": 0 if outsider else int(agent.data.y.sum()),
                      "handoffs": len(handoffs), "updates": len(subs),
                      "samples": int(sum(int(h["samples"]) for h in handoffs + subs)),
                      "rejections_received": sum(1 for r in history.rejections if r["producer"].lower() == a.lower()),
                      "rejections_issued": sum(1 for r in history.rejections if r["node"].lower() == a.lower()),
-                     "flags": sum(1 for f in history.flags.values() for n in f if n.lower() == a.lower()),
+                     "flags": len(flags), "flag_codes": sorted({reason_code(r) for r in flags}),
+                     "refused": sum(1 for x in agent.actions if x == "refused"),
+                     "excluded": sum(1 for f in list(history.finalized.values()) + list(history.abandoned.values())
+                                     for n in f["excluded"] if n.lower() == a.lower()),
                      "included": sum(1 for f in history.finalized.values()
                                      for n in f["included"] if n.lower() == a.lower())})
     return rows

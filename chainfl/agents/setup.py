@@ -88,15 +88,24 @@ def open_registry(chain, address: str | None = None, *, deploy: bool = False, ad
 def build_spec(*, mode: str, nodes, rounds: int, stats: list[FeatureStats], hidden=(32, 16),
                model_kind: str = "mlp", epochs: int = 1, batch_size: int = 32, lr: float = 1e-2,
                strategy: str | Strategy = "fedavg", gate: bool = True, seed: int = 0,
-               round_seconds: int = 600, quorum: int = 0) -> TaskSpec:
+               round_seconds: int = 600, quorum: int = 0, turn_seconds: int = 120, fetch_patience: int = 60,
+               max_abandoned: int = 3, node_samples: dict | None = None, limits: dict | None = None) -> TaskSpec:
     """A :class:`TaskSpec` whose scaler is agreed from the nodes' aggregate statistics only.
 
     ``strategy`` is a name from ``STRATEGIES`` or a configured :class:`Strategy` (e.g. screening
     with another flag cap); its full spec is recorded, so the coordinator and auditors use exactly it.
+    ``node_samples`` (node -> committed training rows) defaults to the statistics' row counts when
+    there is one statistics file per node, in the node order. The blob cap (``limits``) defaults
+    to what the model's tensors need (:func:`chainfl.agents.modelio.blob_cap`).
     """
+    from dataclasses import replace
+
+    from chainfl.agents.modelio import blob_cap
+
     if not stats:
         raise ConfigError("no node statistics: each node runs `chainfl node stats` and the coordinator "
                           "gets the files with --stats")
+    nodes = tuple(nodes)
     scaler = Scaler.federated(stats)
     if mode == "federated":
         strategy_spec = (strategy if isinstance(strategy, Strategy) else get_strategy(strategy)).spec()
@@ -104,12 +113,19 @@ def build_spec(*, mode: str, nodes, rounds: int, stats: list[FeatureStats], hidd
         strategy_spec = {}
     else:
         raise ConfigError(f"unknown mode {mode!r}; use chained or federated")
+    if node_samples is None:
+        node_samples = {n: int(s.count) for n, s in zip(nodes, stats)} if len(stats) == len(nodes) else {}
     model = ModelConfig(kind=model_kind, hidden=tuple(hidden))
     train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr)
-    return TaskSpec(mode=mode, nodes=tuple(nodes), rounds=rounds, model=model.to_dict(), train=train.to_dict(),
+    spec = TaskSpec(mode=mode, nodes=nodes, rounds=rounds, model=model.to_dict(), train=train.to_dict(),
                     feature_names=tuple(scaler.feature_names), scaler=scaler.to_dict(),
                     strategy=strategy_spec, gate=ValidationGate().to_dict() if (gate and mode == "chained") else {},
-                    round_seconds=round_seconds, quorum=quorum, seed=seed)
+                    round_seconds=round_seconds, quorum=quorum, seed=seed, node_samples=dict(node_samples),
+                    turn_seconds=turn_seconds, fetch_patience=fetch_patience, max_abandoned=max_abandoned,
+                    limits=dict(limits or {}))
+    if "max_blob_bytes" not in spec.limits:
+        spec = replace(spec, limits={**spec.limits, "max_blob_bytes": blob_cap(spec)})
+    return spec
 
 
 def load_signer(chain, account: int | None = None, keystore: str | None = None, password: str | None = None):

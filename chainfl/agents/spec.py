@@ -19,7 +19,7 @@ from typing import Any
 from chainfl.errors import ConfigError
 
 MODES = ("chained", "federated")
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -47,6 +47,16 @@ class TaskSpec:
     round_seconds: int = 600                    # federated: submission deadline after a round opens
     quorum: int = 0                             # federated: finalize early once this many updates (0 = all nodes)
     seed: int = 0                               # base seed; node i trains with seed + i + round * 1000
+    node_samples: dict = field(default_factory=dict)  # node address -> training rows it committed in its
+                                                #   statistics; a larger claimed sample count is flagged
+    limits: dict = field(default_factory=dict)  # size caps: max_blob_bytes (model blobs), data caps
+    chain_features: tuple[str, ...] = ()        # the features `detect` can compute from a chain
+    turn_seconds: int = 120                     # chained: a silent node's turn is skipped after this
+    fetch_patience: int = 60                    # seconds an unresolvable blob is waited for before it
+                                                #   is rejected (chained) or flagged (federated)
+    max_abandoned: int = 3                      # federated: abandoned rounds in a row that end the task
+    stopping: dict = field(default_factory=dict)  # federated early stopping on the nodes' validation
+                                                #   reports ({} = run all rounds)
     version: int = SPEC_VERSION                 # format version of this spec
 
     def __post_init__(self):
@@ -58,8 +68,23 @@ class TaskSpec:
             raise ConfigError("the node list of a task contains duplicates")
         if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
+        if self.fetch_patience < 0 or self.turn_seconds < 1 or self.round_seconds < 1:
+            raise ConfigError("turn_seconds and round_seconds must be >= 1 and fetch_patience >= 0")
+        if self.mode == "chained" and self.fetch_patience >= self.turn_seconds:
+            raise ConfigError(f"fetch_patience ({self.fetch_patience} s) must be shorter than turn_seconds "
+                              f"({self.turn_seconds} s): a node must reject an unresolvable handoff before "
+                              f"the coordinator skips its turn")
+        if self.max_abandoned < 1:
+            raise ConfigError(f"max_abandoned must be >= 1, got {self.max_abandoned}")
+        lowered = {a.lower() for a in self.nodes}
+        outside = [a for a in self.node_samples if a.lower() not in lowered]
+        if outside:
+            raise ConfigError(f"node_samples names accounts that are not nodes of the task: {outside}")
+        if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in self.node_samples.values()):
+            raise ConfigError("node_samples values must be positive row counts")
         object.__setattr__(self, "nodes", tuple(self.nodes))
         object.__setattr__(self, "feature_names", tuple(self.feature_names))
+        object.__setattr__(self, "chain_features", tuple(self.chain_features))
 
     # --- schedule ------------------------------------------------------------------------
     def next_node(self, node: str) -> str:
@@ -79,11 +104,25 @@ class TaskSpec:
     def effective_quorum(self) -> int:
         return self.quorum or len(self.nodes)
 
+    def committed_samples(self, node: str) -> int | None:
+        """The training rows ``node`` committed in its statistics (None: no commitment recorded)."""
+        for address, count in self.node_samples.items():
+            if address.lower() == node.lower():
+                return int(count)
+        return None
+
+    @property
+    def max_blob_bytes(self) -> int | None:
+        """Largest model blob the task accepts (None: no cap recorded)."""
+        value = self.limits.get("max_blob_bytes")
+        return None if value is None else int(value)
+
     # --- bytes ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = asdict(self)
         d["nodes"] = list(self.nodes)
         d["feature_names"] = list(self.feature_names)
+        d["chain_features"] = list(self.chain_features)
         return d
 
     def to_bytes(self) -> bytes:

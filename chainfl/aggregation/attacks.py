@@ -17,6 +17,15 @@ from, ``reference``; ``delta = v - reference``):
 * ``gaussian-noise``  v + N(0, sigma^2) per coordinate
 * ``free-rider``      reference (+ N(0, camouflage^2) to look distinct); no training needed
 
+Protocol attacks (what a node with its own client and key can send; carried out by the node
+agent, :mod:`chainfl.agents.node`, since they concern blobs and transactions, not weights):
+* ``copy``            resubmit another node's update (its digest + CID) in the same round; chained:
+                      hand on an older model again
+* ``outsider``        a registered member that is not one of the task's nodes submits anyway
+* ``inflated``        the unchanged global model, claiming 10^9 training rows (a free-rider that
+                      tries to freeze FedAvg)
+* ``unresolvable``    an update or handoff whose blob is never stored (its CID never resolves)
+
 All randomness comes from explicit seeds.
 """
 
@@ -30,7 +39,8 @@ from chainfl.errors import LearningError
 
 DATA_ATTACKS = ("label-flip", "boosted")                  # train on flipped labels
 MODEL_ATTACKS = ("boosted", "amplified", "sign-flip", "gaussian-noise", "free-rider")  # alter the vector
-ATTACKS = ("none", "label-flip") + MODEL_ATTACKS
+PROTOCOL_ATTACKS = ("copy", "outsider", "inflated", "unresolvable")   # misuse blobs and transactions
+ATTACKS = ("none", "label-flip") + MODEL_ATTACKS + PROTOCOL_ATTACKS
 
 
 @dataclass(frozen=True)

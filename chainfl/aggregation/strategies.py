@@ -38,8 +38,9 @@ class Update:
 class AggregateResult:
     vector: np.ndarray                       # the new global model, flat float32
     included: list[str]                      # nodes whose update entered the rule, sorted
-    flagged: list[str]                       # nodes excluded by screening, sorted
+    flagged: list[str]                       # nodes excluded by screening (suspicious), sorted
     scores: dict[str, dict] = field(default_factory=dict)   # node -> screening scores / reasons
+    excluded: list[str] = field(default_factory=list)       # not selected by the rule (e.g. Krum), no blame
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ class Strategy:
 
         return AggregateResult(vector=vec, included=sorted(nodes[i] for i in used),
                                flagged=sorted(nodes[i] for i, f in enumerate(flagged_mask) if f),
-                               scores=scores)
+                               scores=scores, excluded=sorted(nodes[i] for i in set(keep) - set(used)))
 
 
 def _factory(name: str, **defaults) -> Callable[..., Strategy]:

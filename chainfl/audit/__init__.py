@@ -5,17 +5,21 @@
     report.ok, report.violations, report.to_dict()
 
 :mod:`~chainfl.audit.history` reads the events (chunked log queries), :mod:`~chainfl.audit.verify`
-fetches and checks every blob, replays the handoffs, recomputes every aggregate, and
-:mod:`~chainfl.audit.report` renders the result (terminal table, JSON, self-contained HTML).
+orchestrates the checks — :mod:`~chainfl.audit.blobs` (every blob against its digest),
+:mod:`~chainfl.audit.chained` (the handoff chain), :mod:`~chainfl.audit.federated` (every round's
+decision and aggregate recomputed), :mod:`~chainfl.audit.release` (final state, release, threshold
+evidence) — and :mod:`~chainfl.audit.report` renders the result (terminal table, JSON, HTML).
+Violations (protocol breaks) make ``report.ok`` False; findings (misbehaviour the protocol
+handled: flags, rejections, skips, abandoned rounds) are listed per node and leave it ok.
 :mod:`~chainfl.audit.detect` scores accounts of any chain with a task's verified release.
 """
 
 from __future__ import annotations
 
 from chainfl.audit.history import History, load_history
-from chainfl.audit.verify import AuditReport, NodeSummary, Violation, verify_history
+from chainfl.audit.verify import AuditReport, Finding, NodeSummary, Violation, verify_history
 
-__all__ = ["audit_task", "AuditReport", "Violation", "NodeSummary", "History", "load_history",
+__all__ = ["audit_task", "AuditReport", "Violation", "Finding", "NodeSummary", "History", "load_history",
            "verify_history"]
 
 

@@ -30,7 +30,7 @@ __all__ = ["Created", "Handoff", "Rejection", "Skip", "Submission", "Round", "Cl
 
 #: Registry events that belong to a task (their first indexed argument is ``taskId``).
 TASK_EVENTS = ("TaskCreated", "TaskClosed", "HandoffRecorded", "HandoffRejected", "TurnSkipped",
-               "RoundOpened", "UpdateSubmitted", "UpdateFlagged", "RoundFinalized")
+               "RoundOpened", "UpdateSubmitted", "UpdateFlagged", "RoundFinalized", "RoundAbandoned")
 
 
 def _hex(value: bytes | None) -> str | None:
@@ -54,8 +54,12 @@ class Created:
     config_cid: str
     initial_digest: bytes
     initial_cid: str
-    first_node: str | None
+    nodes: tuple[str, ...]          # the task's node set (chained: visiting order)
     at: Where
+
+    @property
+    def first_node(self) -> str | None:
+        return self.nodes[0] if self.nodes else None
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,8 @@ class Submission:
 
 @dataclass
 class Round:
-    """One federated round as recorded; ``finalized`` is None while it is open."""
+    """One federated round as recorded: open until it is finalized (with an aggregate) or
+    abandoned (without one)."""
 
     round: int
     global_model: bytes
@@ -121,19 +126,35 @@ class Round:
     digest: bytes | None = None
     cid: str | None = None
     included: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)             # not selected by the rule (no blame)
+    evidence_digest: bytes | None = None
+    evidence_cid: str | None = None
+    abandon_reason: str | None = None
     finalized_at: Where | None = None
+    abandoned_at: Where | None = None
 
     @property
     def finalized(self) -> bool:
         return self.finalized_at is not None
 
+    @property
+    def abandoned(self) -> bool:
+        return self.abandoned_at is not None
+
+    @property
+    def ended(self) -> bool:
+        return self.finalized or self.abandoned
+
 
 @dataclass(frozen=True)
 class Closed:
     by: str
-    release_digest: bytes | None      # None until the contract records a release at closeTask
+    release_digest: bytes | None      # None when the task closed without a release
     release_cid: str | None
     at: Where
+    reason: str = ""
+    evidence_digest: bytes | None = None   # the reports the threshold was computed from
+    evidence_cid: str | None = None
 
 
 @dataclass
@@ -259,12 +280,6 @@ def checksum(address: str) -> str:
     return to_checksum_address(address)
 
 
-def _addr(value) -> str | None:
-    if value is None or int(value, 16) == 0:
-        return None
-    return checksum(value)
-
-
 # --- history assembly -------------------------------------------------------------------------
 def load_history(registry, task_id: int, from_block: int = 0, to_block: int | None = None,
                  chunk: int = 2000) -> History:
@@ -297,7 +312,7 @@ def assemble(task_id: int, address: str, decoded: list[tuple[str, dict, Where]],
             created = Created(coordinator=checksum(args["coordinator"]), mode=Mode(args["mode"]),
                               config_digest=bytes(args["configDigest"]), config_cid=args["configCid"],
                               initial_digest=bytes(args["initialDigest"]), initial_cid=args["initialCid"],
-                              first_node=_addr(args["firstNode"]), at=where)
+                              nodes=tuple(checksum(n) for n in args["nodes"]), at=where)
             history = History(task_id, checksum(address), created,
                               from_block=from_block, to_block=to_block)
             continue
@@ -330,7 +345,7 @@ def _apply(h: History, name: str, a: dict, where: Where) -> None:
     elif name == "RoundOpened":
         h.rounds.append(Round(round=int(a["round"]), global_model=bytes(a["globalModel"]),
                               deadline=int(a["deadline"]), opened_at=where))
-    elif name in ("UpdateSubmitted", "UpdateFlagged", "RoundFinalized"):
+    elif name in ("UpdateSubmitted", "UpdateFlagged", "RoundFinalized", "RoundAbandoned"):
         number = int(a["round"])
         rnd = next((r for r in reversed(h.rounds) if r.round == number), None)
         if rnd is None:
@@ -345,9 +360,15 @@ def _apply(h: History, name: str, a: dict, where: Where) -> None:
         elif name == "UpdateFlagged":
             rnd.flags[checksum(a["node"])] = a["reason"]
         else:
-            if rnd.finalized:
-                h.anomalies.append(f"round {number} finalized twice (blocks {rnd.finalized_at.block} "
-                                   f"and {where.block})")
+            if rnd.ended:
+                h.anomalies.append(f"round {number} ended twice (block {where.block})")
+                return
+            rnd.excluded = [checksum(n) for n in a["excluded"]]
+            rnd.evidence_digest = bytes(a["evidenceDigest"]) if any(bytes(a["evidenceDigest"])) else None
+            rnd.evidence_cid = a["evidenceCid"] or None
+            if name == "RoundAbandoned":
+                rnd.abandon_reason = a["reason"]
+                rnd.abandoned_at = where
                 return
             rnd.parent = bytes(a["parent"])
             rnd.digest = bytes(a["digest"])
@@ -360,6 +381,9 @@ def _apply(h: History, name: str, a: dict, where: Where) -> None:
         if h.closed is not None:
             h.anomalies.append(f"task closed twice (blocks {h.closed.at.block} and {where.block})")
             return
+        evidence = a.get("evidenceDigest")
         h.closed = Closed(by=checksum(a["by"]),
                           release_digest=bytes(digest) if digest and any(bytes(digest)) else None,
-                          release_cid=cid or None, at=where)
+                          release_cid=cid or None, at=where, reason=a.get("reason", ""),
+                          evidence_digest=bytes(evidence) if evidence and any(bytes(evidence)) else None,
+                          evidence_cid=a.get("evidenceCid") or None)

@@ -33,6 +33,11 @@ def render_terminal(report: AuditReport, console=None) -> None:
 
     console = console or Console()
     verdict = "[bold green]OK[/]" if report.ok else f"[bold red]{len(report.violations)} VIOLATION(S)[/]"
+    if report.violations and report.violations[0].kind == "store-missing":
+        verdict = "[bold red]UNVERIFIABLE with this store[/]"
+    bad = report.misbehaving()
+    if bad:
+        verdict += f" — {len(report.findings)} handled misbehaviour finding(s) by {len(bad)} node(s)"
     c = report.counts
     console.print(f"Audit of task {report.task_id} ({report.mode}) at registry {report.registry}: {verdict}")
     console.print(f"  {c.get('events', 0)} events, blocks {c.get('from_block')}..{c.get('to_block')}; "
@@ -48,6 +53,15 @@ def render_terminal(report: AuditReport, console=None) -> None:
         console.print(t)
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}")
+    if bad:
+        t = Table(title="Handled misbehaviour (flagged, rejected, skipped: the protocol dealt with it)")
+        t.add_column("node", no_wrap=True, min_width=42)
+        t.add_column("what", overflow="fold")
+        for node, kinds in bad.items():
+            t.add_row(node, ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())))
+        console.print(t)
+    if report.closed:
+        console.print(f"Closed by {report.closed['by']}: {report.closed.get('reason') or '(no reason recorded)'}")
     if report.rounds:
         t = Table(title="Per round")
         if report.mode == "chained":
@@ -57,14 +71,17 @@ def render_terminal(report: AuditReport, console=None) -> None:
                 t.add_row(str(r["round"]), str(r["handoffs"]), _loss(r["mean_loss"]), _loss(r["min_loss"]),
                           _loss(r["max_loss"]))
         else:
-            for col in ("round", "updates", "flagged", "included", "samples", "mean loss", "aggregate"):
+            for col in ("round", "updates", "flagged", "included", "excluded", "samples", "mean loss", "decision"):
                 t.add_column(col, justify="right")
             agg = {a["round"]: a for a in report.aggregates}
             for r in report.rounds:
                 a = agg.get(r["round"])
-                status = "open" if not r["finalized"] else ("recomputed" if a and a["match"] else "MISMATCH")
+                ended = r["finalized"] or r.get("abandoned")
+                status = "open" if not ended else ("recomputed" if a and a["match"] else "MISMATCH")
+                if r.get("abandoned"):
+                    status = f"abandoned, {status}"
                 t.add_row(str(r["round"]), str(r["updates"]), str(r["flagged"]), str(r["included"]),
-                          str(r["samples"]), _loss(r["mean_loss"]), status)
+                          str(r.get("excluded", 0)), str(r["samples"]), _loss(r["mean_loss"]), status)
         console.print(t)
     if report.nodes:
         t = Table(title="Per node")
@@ -170,6 +187,9 @@ def to_html(report: AuditReport) -> str:
     c = report.counts
     verdict = ('<span class="ok">OK — the history verifies</span>' if report.ok else
                f'<span class="bad">{len(report.violations)} violation(s)</span>')
+    bad = report.misbehaving()
+    if bad:
+        verdict += f" — {len(report.findings)} handled misbehaviour finding(s) by {len(bad)} node(s)"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>chainfl audit: task "
              f"{report.task_id}</title><style>{_CSS}</style></head><body>",
              f"<h1>Audit of task {report.task_id} ({e(report.mode)})</h1>",
@@ -186,6 +206,14 @@ def to_html(report: AuditReport) -> str:
                              for v in report.violations]))
     if report.warnings:
         parts.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{e(w)}</li>" for w in report.warnings) + "</ul>")
+    if report.closed:
+        parts.append(f"<p>Closed by <code>{e(report.closed['by'])}</code>: "
+                     f"{e(report.closed.get('reason') or '(no reason recorded)')}</p>")
+    if report.findings:
+        parts.append("<h2>Handled misbehaviour</h2><p>Flagged updates, rejected handoffs, skipped turns and "
+                     "abandoned rounds: the protocol dealt with them; they do not fail the audit.</p>")
+        parts.append(_table(["kind", "node", "seq", "round", "what"],
+                            [[f.kind, f.node or "-", f.seq or "-", f.round or "-", f.message] for f in report.findings]))
     png = metrics_plot_png(report)
     if png:
         parts.append("<h2>Per-round metrics</h2>")

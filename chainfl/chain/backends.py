@@ -31,7 +31,7 @@ from chainfl import config
 from chainfl.chain.accounts import derive_account, dev_accounts, sign_transaction
 from chainfl.chain.nonce import NonceBook
 from chainfl.config import NodeSettings
-from chainfl.errors import ChainError, ConfigError, TransactionError, TransactionReverted
+from chainfl.errors import ChainConnectionError, ChainError, ConfigError, TransactionError, TransactionReverted
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,13 @@ DEFAULT_PRIORITY_FEE = 1 * GWEI
 EXTRA_ACCOUNT_FUNDING_ETH = 1000
 
 VALID_SCHEMES = ("eth-tester://", "eth-tester://memory", "http://host:port", "https://host:port")
+
+#: Sends of one transaction before a nonce clash (another process on the account) is an error.
+NONCE_ATTEMPTS = 6
+#: What nodes say when a nonce is already used: Anvil/Geth "nonce too low", "replacement
+#: transaction underpriced" (same nonce pending), "already known"; Ganache "the tx doesn't have
+#: the correct nonce".
+_NONCE_CLASH = ("nonce", "replacement transaction underpriced", "already known", "known transaction")
 
 _ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
 _PANIC_SELECTOR = bytes.fromhex("4e487b71")  # Panic(uint256)
@@ -63,6 +70,11 @@ def describe_revert(data: bytes) -> str:
         except Exception:
             pass
     return f"reverted with custom error 0x{data[:4].hex()} ({len(data)} bytes of revert data)"
+
+
+def _nonce_clash(e: Exception) -> bool:
+    text = str(e).lower()
+    return any(s in text for s in _NONCE_CLASH)
 
 
 def as_bytes(value) -> bytes:
@@ -177,15 +189,21 @@ class Chain:
     def _sign_and_send(self, tx: dict, sender: LocalAccount) -> bytes:
         manager = self._nonces[sender.address]
         with manager.lock:  # sends of one account leave in nonce order
-            for attempt in range(3):
+            for attempt in range(NONCE_ATTEMPTS):
                 tx["nonce"] = manager.next()
                 raw = sign_transaction(sender, tx)
                 try:
                     return bytes(self._send_raw(raw))
+                except ChainConnectionError:
+                    manager.resync()
+                    raise
                 except Exception as e:
                     manager.resync()
-                    if "nonce" in str(e).lower() and attempt < 2:
-                        log.info("nonce %s of %s rejected (%s); re-syncing", tx["nonce"], sender.address, e)
+                    # another process on the same account took this nonce (its transaction is
+                    # pending or mined): ask the node for the next free one and send again
+                    if _nonce_clash(e) and attempt < NONCE_ATTEMPTS - 1:
+                        log.info("nonce %s of %s taken (%s); re-syncing", tx["nonce"], sender.address, e)
+                        time.sleep(0.05 * (attempt + 1))
                         continue
                     raise TransactionError(
                         f"the node rejected the {_label(tx)} from {sender.address}: {e}") from e

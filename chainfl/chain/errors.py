@@ -103,6 +103,28 @@ class RegistryZeroSamples(_RegistryError):
     template = "samples is 0; report the number of training samples actually used (at least 1)."
 
 
+class RegistryNoNodes(_RegistryError):
+    template = "a task needs at least one node; pass the task's node addresses."
+
+
+class RegistryTooManyNodes(_RegistryError):
+    template = ("{count} nodes is more than the {maxCount} one task can have; split the nodes over "
+                "several tasks.")
+
+
+class RegistryDuplicateTaskNode(_RegistryError):
+    template = "{account} is listed twice in the task's node set; list each node once."
+
+
+class RegistryNotTaskNode(_RegistryError):
+    template = ("{account} is not one of task {taskId}'s nodes (its node set is fixed at creation, see "
+                "the TaskCreated event); only the task's nodes may submit, hand off or be handed to.")
+
+
+class RegistryReasonTooLong(_RegistryError):
+    template = "the reason has {length} bytes, more than the {maxLength} allowed; shorten it."
+
+
 # --- chained mode --------------------------------------------------------------------------------
 class RegistryNotYourTurn(_RegistryError):
     template = ("task {taskId}: it is {expected}'s turn, not {caller}'s; wait until a handoff names "
@@ -123,9 +145,19 @@ class RegistryNothingToReject(_RegistryError):
                 "only the latest, not yet accepted handoff can be rejected.")
 
 
+class RegistryHandoffToSelf(_RegistryError):
+    template = ("task {taskId}: {node} cannot hand the model to itself; hand it to the next node of the "
+                "task so that another node checks it.")
+
+
+class RegistrySkipToProducer(_RegistryError):
+    template = ("task {taskId}: the head is {producer}'s unaccepted handoff, so the turn cannot go to "
+                "{producer}; skip to another node, which checks the head.")
+
+
 # --- federated mode ------------------------------------------------------------------------------
 class RegistryRoundStillOpen(_RegistryError):
-    template = "task {taskId}: round {round} is still open; finalize it before opening the next."
+    template = "task {taskId}: round {round} is still open; finalize or abandon it before opening the next."
 
 
 class RegistryBadDeadline(_RegistryError):
@@ -137,7 +169,8 @@ class RegistryWrongRound(_RegistryError):
 
 
 class RegistryRoundNotOpen(_RegistryError):
-    template = "task {taskId}: round {round} is not open (finalized); wait for the coordinator to open the next."
+    template = ("task {taskId}: round {round} is not open (finalized or abandoned); wait for the "
+                "coordinator to open the next.")
 
 
 class RegistryDeadlinePassed(_RegistryError):
@@ -150,25 +183,35 @@ class RegistryAlreadySubmitted(_RegistryError):
 
 
 class RegistryNotSubmitted(_RegistryError):
-    template = "task {taskId}: {node} submitted no update to round {round}; flag or include only submitters."
-
-
-class RegistryAlreadyFlagged(_RegistryError):
-    template = "task {taskId}: the update of {node} in round {round} is already flagged; nothing to do."
-
-
-class RegistryUpdateFlagged(_RegistryError):
-    template = ("task {taskId}: the update of {node} in round {round} is flagged and cannot be "
-                "included; leave it out of the aggregate.")
+    template = "task {taskId}: {node} submitted no update to round {round}; decide only on submitters."
 
 
 class RegistryNothingIncluded(_RegistryError):
-    template = "task {taskId}: round {round} cannot be finalized with no included updates; wait for submissions."
+    template = ("task {taskId}: round {round} cannot be finalized with no included update; end it "
+                "with abandonRound (Registry.abandon_round) instead.")
 
 
-class RegistryIncludedNotSorted(_RegistryError):
-    template = ("included[{index}] = {node} is not above the previous address; pass included nodes "
-                "sorted ascending without duplicates.")
+class RegistryNodesNotSorted(_RegistryError):
+    template = ("decision.nodes[{index}] = {node} is not above the previous address; list the round's "
+                "submitters sorted ascending without duplicates.")
+
+
+class RegistryDecisionCount(_RegistryError):
+    template = ("task {taskId}: the decision on round {round} names {decided} node(s) (or has as many "
+                "codes) but {submitted} update(s) were submitted; decide on every submitted update once.")
+
+
+class RegistryBadDecision(_RegistryError):
+    template = "decision code {code} at index {index} is not 0 (included), 1 (excluded) or 2 (flagged)."
+
+
+class RegistryReasonCount(_RegistryError):
+    template = "the decision flags {flagged} update(s) but gives {reasons} reason(s); give one per flag."
+
+
+class RegistryIncludedInAbandon(_RegistryError):
+    template = ("decision.nodes[{index}] = {node} is marked included, but an abandoned round has no "
+                "aggregate; exclude or flag it, or finalize the round instead.")
 
 
 #: Solidity error name -> Python class

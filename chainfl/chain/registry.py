@@ -24,13 +24,17 @@ from chainfl.chain.compile import load_artifact
 from chainfl.chain.errors import decode_revert, error_selectors
 from chainfl.errors import ChainflError, DeploymentError, TransactionError
 
-__all__ = ["Mode", "TaskState", "NodeState", "Event", "Registry", "RegistryArgumentError",
-           "LOSS_SCALE", "EVENT_NAMES"]
+__all__ = ["Mode", "TaskState", "NodeState", "Event", "Registry", "RegistryArgumentError", "RoundDecision",
+           "LOSS_SCALE", "EVENT_NAMES", "MAX_REASON_BYTES", "INCLUDED", "EXCLUDED", "FLAGGED"]
 
 LOSS_SCALE = 1_000_000
 _UINT32_MAX = 2**32 - 1
 _ZERO_ADDRESS = "0x" + "00" * 20
 ZERO32 = b"\0" * 32
+#: The contract's MAX_REASON_LENGTH: longer reasons are cut (at a UTF-8 boundary) before sending.
+MAX_REASON_BYTES = 256
+#: Decision codes of a federated round (the contract's ``Decision.codes``).
+INCLUDED, EXCLUDED, FLAGGED = 0, 1, 2
 
 
 class RegistryArgumentError(ChainflError):
@@ -59,6 +63,8 @@ class TaskState:
     deadline: int          # federated: unix deadline of the current round (0 before round 1)
     head: bytes            # chained: latest model; federated: current global model
     accepted: bytes        # chained: last accepted model; federated: equals head
+    node_count: int = 0    # size of the task's node set (fixed at creation)
+    round_submissions: int = 0   # federated: updates submitted to the current round
 
     @property
     def round(self) -> int:
@@ -89,6 +95,48 @@ class Event:
     block_number: int
     tx_hash: str
     log_index: int
+
+
+@dataclass(frozen=True)
+class RoundDecision:
+    """How a federated round ends, for every node that submitted to it (the contract's
+    ``Decision``): ``included`` in the aggregate, ``excluded`` without blame (not selected by the
+    rule, e.g. Krum), or ``flagged`` (node -> reason). ``evidence_digest``/``evidence_cid`` name an
+    optional blob with the decision's off-chain inputs (peer score reports)."""
+
+    included: tuple = ()
+    excluded: tuple = ()
+    flagged: dict = None
+    evidence_digest: bytes | None = None
+    evidence_cid: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "included", tuple(_address(n) for n in self.included))
+        object.__setattr__(self, "excluded", tuple(_address(n) for n in self.excluded))
+        object.__setattr__(self, "flagged", {_address(n): str(r) for n, r in (self.flagged or {}).items()})
+        everyone = list(self.included) + list(self.excluded) + list(self.flagged)
+        if len({a.lower() for a in everyone}) != len(everyone):
+            raise RegistryArgumentError("a node appears more than once in a round decision")
+
+    def args(self) -> tuple:
+        """``(nodes, codes, reasons, evidenceDigest, evidenceCid)``: nodes ascending by address."""
+        codes = {a: INCLUDED for a in self.included} | {a: EXCLUDED for a in self.excluded} \
+            | {a: FLAGGED for a in self.flagged}
+        nodes = sorted(codes, key=lambda a: int(a, 16))
+        reasons = [clip_reason(self.flagged[a]) for a in nodes if codes[a] == FLAGGED]
+        digest = ZERO32 if self.evidence_digest is None else _bytes32(self.evidence_digest, "evidence_digest")
+        return (nodes, bytes(codes[a] for a in nodes), reasons, digest, str(self.evidence_cid or ""))
+
+    def __len__(self) -> int:
+        return len(self.included) + len(self.excluded) + len(self.flagged)
+
+
+def clip_reason(reason: str, limit: int = MAX_REASON_BYTES) -> str:
+    """``reason`` cut to at most ``limit`` UTF-8 bytes (at a character boundary)."""
+    data = str(reason).encode("utf-8")
+    if len(data) <= limit:
+        return str(reason)
+    return data[:limit].decode("utf-8", errors="ignore")
 
 
 def _address(value) -> str:
@@ -169,12 +217,14 @@ EVENT_NAMES = tuple(e["name"] for e in registry_artifact()["abi"] if e["type"] =
 #: reverting call then fails on chain instead of at estimation; the revert is decoded the same way.
 GAS_LIMITS: dict[str, int] = {
     "addNode": 100_000, "removeNode": 80_000, "setCoordinator": 100_000, "transferAdmin": 80_000,
-    "createTask": 300_000, "closeTask": 80_000,
+    "createTask": 300_000, "closeTask": 100_000,
     "recordHandoff": 150_000, "rejectHandoff": 120_000, "skipTurn": 100_000,
-    "openRound": 120_000, "submitUpdate": 150_000, "flagUpdate": 100_000, "finalizeRound": 120_000,
+    "openRound": 120_000, "submitUpdate": 150_000, "finalizeRound": 150_000, "abandonRound": 120_000,
 }
 GAS_PER_REASON_BYTE = 64
-GAS_PER_INCLUDED_NODE = 6_000
+GAS_PER_TASK_NODE = 60_000        # createTask: one seat slot per node (~25k measured)
+GAS_PER_DECIDED_NODE = 8_000      # finalize/abandon: per decided node (~2.7k measured)
+GAS_PER_FLAG = 30_000             # ... plus per flag (counter + event, ~8k measured)
 
 
 class Registry:
@@ -275,20 +325,27 @@ class Registry:
 
     # -- tasks -------------------------------------------------------------------------------
     def create_task(self, config_digest, config_cid: str, mode: Mode, initial_digest, initial_cid: str,
-                    first_node, sender) -> int:
-        """Create a task (coordinator role); returns its id. ``first_node``: chained only (else None)."""
+                    nodes, sender) -> int:
+        """Create a task (coordinator role) with node set ``nodes`` (chained: the visiting order,
+        ``nodes[0]`` first); returns its id."""
+        node_list = [_address(n) for n in nodes]
         fn = self.contract.functions.createTask(
             _bytes32(config_digest, "config_digest"), str(config_cid), int(Mode(mode)),
-            _bytes32(initial_digest, "initial_digest"), str(initial_cid), _optional_address(first_node))
-        receipt = self._transact(fn, sender)
+            _bytes32(initial_digest, "initial_digest"), str(initial_cid), node_list)
+        receipt = self._transact(fn, sender, extra=GAS_PER_TASK_NODE * len(node_list))
         return int(self._event_from(receipt, "TaskCreated")["taskId"])
 
-    def close_task(self, task_id: int, release_digest, release_cid: str | None, sender):
-        """Close a task (its coordinator only), anchoring the released model's digest + CID in the
-        TaskClosed event; pass ``None, None`` to close without a release."""
+    def close_task(self, task_id: int, release_digest, release_cid: str | None, sender, reason: str = "",
+                   evidence_digest=None, evidence_cid: str | None = None):
+        """Close a task (its coordinator only), anchoring the released model's digest + CID, the
+        ``reason`` it ends and an optional evidence blob (the reports the end was computed from) in
+        the TaskClosed event; pass ``None, None`` to close without a release."""
         digest = ZERO32 if release_digest is None else _bytes32(release_digest, "release_digest")
-        fn = self.contract.functions.closeTask(_uint(task_id, "task_id", 256), digest, str(release_cid or ""))
-        return self._transact(fn, sender)
+        evidence = ZERO32 if evidence_digest is None else _bytes32(evidence_digest, "evidence_digest")
+        reason = clip_reason(reason)
+        fn = self.contract.functions.closeTask(_uint(task_id, "task_id", 256), digest, str(release_cid or ""),
+                                               reason, evidence, str(evidence_cid or ""))
+        return self._transact(fn, sender, extra=GAS_PER_REASON_BYTE * len(reason.encode()))
 
     # -- chained mode ----------------------------------------------------------------------
     def record_handoff(self, task_id: int, parent, digest, cid: str, samples: int, loss: float,
@@ -301,9 +358,10 @@ class Registry:
 
     def reject_handoff(self, task_id: int, digest, reason: str, sender):
         """Reject the unaccepted head ``digest`` (only the node whose turn it is)."""
+        reason = clip_reason(reason)
         fn = self.contract.functions.rejectHandoff(_uint(task_id, "task_id", 256), _bytes32(digest, "digest"),
-                                                   str(reason))
-        return self._transact(fn, sender, extra=GAS_PER_REASON_BYTE * len(str(reason).encode()))
+                                                   reason)
+        return self._transact(fn, sender, extra=GAS_PER_REASON_BYTE * len(reason.encode()))
 
     def skip_turn(self, task_id: int, next_node, sender):
         """Pass the turn to ``next_node`` (task coordinator; the expected node is offline)."""
@@ -325,19 +383,27 @@ class Registry:
             _bytes32(digest, "digest"), str(cid), _uint(samples, "samples", 64), loss_to_e6(loss))
         return self._transact(fn, sender, gas)
 
-    def flag_update(self, task_id: int, round_: int, node, reason: str, sender):
-        """Flag ``node``'s update in the open round (task coordinator)."""
-        fn = self.contract.functions.flagUpdate(_uint(task_id, "task_id", 256), _uint(round_, "round", 64),
-                                                _address(node), str(reason))
-        return self._transact(fn, sender, extra=GAS_PER_REASON_BYTE * len(str(reason).encode()))
-
-    def finalize_round(self, task_id: int, round_: int, digest, cid: str, included_nodes: Iterable, sender):
-        """Finalize the open round with the aggregate (task coordinator). ``included_nodes`` are sorted
-        here (the contract requires ascending, duplicate-free addresses)."""
-        included = sorted({_address(n) for n in included_nodes}, key=lambda a: int(a, 16))
+    def finalize_round(self, task_id: int, round_: int, digest, cid: str, decision: RoundDecision, sender):
+        """End the open round with the aggregate ``digest``/``cid`` and ``decision`` on every update
+        submitted to it (task coordinator; at least one included)."""
         fn = self.contract.functions.finalizeRound(_uint(task_id, "task_id", 256), _uint(round_, "round", 64),
-                                                   _bytes32(digest, "digest"), str(cid), included)
-        return self._transact(fn, sender, extra=GAS_PER_INCLUDED_NODE * len(included))
+                                                   _bytes32(digest, "digest"), str(cid), decision.args())
+        return self._transact(fn, sender, extra=self._decision_gas(decision))
+
+    def abandon_round(self, task_id: int, round_: int, decision: RoundDecision, reason: str, sender):
+        """End the open round without an aggregate (the global model stays), with ``decision`` on
+        every submitted update (none included) and the ``reason`` (task coordinator)."""
+        reason = clip_reason(reason)
+        fn = self.contract.functions.abandonRound(_uint(task_id, "task_id", 256), _uint(round_, "round", 64),
+                                                  decision.args(), reason)
+        return self._transact(fn, sender, extra=self._decision_gas(decision)
+                              + GAS_PER_REASON_BYTE * len(reason.encode()))
+
+    @staticmethod
+    def _decision_gas(decision: RoundDecision) -> int:
+        reasons = sum(len(clip_reason(r).encode()) for r in decision.flagged.values())
+        return (GAS_PER_DECIDED_NODE * len(decision) + GAS_PER_FLAG * len(decision.flagged)
+                + GAS_PER_REASON_BYTE * reasons)
 
     # -- views -------------------------------------------------------------------------------
     def admin(self) -> str:
@@ -351,13 +417,15 @@ class Registry:
         from chainfl.chain.errors import RegistryUnknownTask
 
         v = self.contract.functions.task(_uint(task_id, "task_id", 256)).call()
-        mode, closed, round_open, coordinator, expected, head_node, seq, deadline, head, accepted = v
+        (mode, closed, round_open, coordinator, expected, head_node, seq, deadline, head, accepted,
+         node_count, round_submissions) = v
         if mode == 0:
             raise RegistryUnknownTask.from_args({"taskId": task_id})
         return TaskState(task_id=task_id, mode=Mode(mode), closed=closed, round_open=round_open,
                          coordinator=to_checksum_address(coordinator), expected=_none_if_zero(expected),
                          head_node=_none_if_zero(head_node), seq=seq, deadline=deadline,
-                         head=bytes(head), accepted=bytes(accepted))
+                         head=bytes(head), accepted=bytes(accepted), node_count=int(node_count),
+                         round_submissions=int(round_submissions))
 
     def node(self, account) -> NodeState:
         """Roles and counters of ``account`` (all zero/False for an unknown account)."""
@@ -371,6 +439,12 @@ class Registry:
         """Whether ``node`` submitted to ``round_`` (its latest round; older rounds: use events)."""
         return bool(self.contract.functions.hasSubmitted(_uint(task_id, "task_id", 256),
                                                          _uint(round_, "round", 64), _address(node)).call())
+
+    def seat(self, task_id: int, node) -> tuple[bool, int]:
+        """``(in_task, last_round)``: whether ``node`` is one of the task's nodes, and the latest
+        round it submitted to (0 = never)."""
+        in_task, last = self.contract.functions.seat(_uint(task_id, "task_id", 256), _address(node)).call()
+        return bool(in_task), int(last)
 
     # -- history -----------------------------------------------------------------------------
     def events(self, from_block: int = 0, to_block: int | None = None, task_id: int | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
+import requests
 from web3 import HTTPProvider, Web3
 
 from chainfl.chain.backends import Chain, as_bytes
@@ -36,11 +37,32 @@ def revert_data_from_rpc_error(error: dict) -> bytes:
     return _hex_bytes(data) or b""
 
 
+class _Provider(HTTPProvider):
+    """HTTPProvider whose connection failures are :class:`ChainConnectionError` (a ChainflError):
+    agents retry those with backoff, and the CLI prints them as one clean line."""
+
+    def make_request(self, method, params):
+        try:
+            return super().make_request(method, params)
+        except (requests.ConnectionError, requests.Timeout) as e:
+            raise self._lost(method, e) from e
+
+    def make_batch_request(self, batch_requests):
+        try:
+            return super().make_batch_request(batch_requests)
+        except (requests.ConnectionError, requests.Timeout) as e:
+            raise self._lost(batch_requests[0][0] if batch_requests else "batch", e) from e
+
+    def _lost(self, method, e) -> ChainConnectionError:
+        return ChainConnectionError(f"lost the node at {self.endpoint_uri} during {method} "
+                                    f"({type(e).__name__}); is it still running? (`chainfl chain status`)")
+
+
 class RpcChain(Chain):
     kind = "rpc"
 
     def __init__(self, url: str, settings: NodeSettings, timeout: float = 60.0):
-        provider = HTTPProvider(url, request_kwargs={"timeout": timeout}, exception_retry_configuration=None)
+        provider = _Provider(url, request_kwargs={"timeout": timeout}, exception_retry_configuration=None)
         w3 = Web3(provider)
         try:
             w3.eth.chain_id

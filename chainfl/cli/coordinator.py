@@ -40,8 +40,11 @@ def _write_atomic(path: str, obj) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--round-seconds", type=int, default=600, show_default=True, help="Federated round deadline.")
 @click.option("--quorum", type=int, default=0, show_default=True, help="Federated: finalize at this many updates (0 = all).")
-@click.option("--turn-timeout", type=float, default=120.0, show_default=True,
-              help="Chained: skip a node's turn after this many seconds without progress.")
+@click.option("--turn-timeout", type=int, default=120, show_default=True,
+              help="Chained: skip a node's turn after this many seconds without progress (recorded in the task).")
+@click.option("--fetch-patience", type=int, default=60, show_default=True,
+              help="Seconds a blob that does not resolve is waited for before it is rejected (chained) or "
+                   "flagged (federated); recorded in the task, shorter than --turn-timeout.")
 @click.option("--report-timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for the nodes' validation histograms at the end.")
 @click.option("--reports", "reports_dir", type=click.Path(file_okay=False), default=None,
@@ -61,7 +64,7 @@ def _write_atomic(path: str, obj) -> None:
 @store_option
 @json_option
 def run_cmd(mode, nodes, stats_files, rounds, strategy, no_gate, epochs, hidden, model, seed, round_seconds,
-            quorum, turn_timeout, report_timeout, reports_dir, task_id, from_block, task_file, registry_address,
+            quorum, turn_timeout, fetch_patience, report_timeout, reports_dir, task_id, from_block, task_file, registry_address,
             deploy, poll, timeout, account, keystore, rpc, store, as_json):
     """Create a task from the nodes' statistics and drive it: rounds/turns, aggregation, flags,
     the release (threshold from the nodes' histograms) and closing. With --task, resume one."""
@@ -79,8 +82,7 @@ def run_cmd(mode, nodes, stats_files, rounds, strategy, no_gate, epochs, hidden,
                              _password(keystore))
         registry = open_registry(chain, registry_address, deploy=deploy, admin=signer)
         store_ = open_store(resolve_store(store))
-        coordinator = Coordinator(registry, store_, signer, turn_timeout=turn_timeout,
-                                  report_timeout=report_timeout,
+        coordinator = Coordinator(registry, store_, signer, report_timeout=report_timeout,
                                   reports=DirectoryReportBox(reports_dir) if reports_dir else None)
         if task_id is None:
             if not nodes or not stats_files:
@@ -92,7 +94,8 @@ def run_cmd(mode, nodes, stats_files, rounds, strategy, no_gate, epochs, hidden,
             spec = build_spec(mode=mode, nodes=resolve_nodes(chain, nodes), rounds=rounds, stats=stats,
                               hidden=tuple(int(h) for h in hidden.split(",") if h.strip()), model_kind=model,
                               epochs=epochs, strategy=strategy, gate=not no_gate, seed=seed,
-                              round_seconds=round_seconds, quorum=quorum)
+                              round_seconds=round_seconds, quorum=quorum, turn_seconds=turn_timeout,
+                              fetch_patience=fetch_patience)
             from_block = chain.block_number()
             task_id = coordinator.create_task(spec)
         else:

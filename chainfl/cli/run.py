@@ -65,10 +65,14 @@ def _f(v) -> str:
               default="iid", show_default=True)
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Dirichlet/quantity concentration.")
 @click.option("--attack", type=click.Choice(["none", "label-flip", "boosted", "amplified", "sign-flip", "noise",
-                                             "gaussian-noise", "free-rider"]), default="none", show_default=True,
+                                             "gaussian-noise", "free-rider", "copy", "outsider", "inflated",
+                                             "unresolvable"]), default="none", show_default=True,
               help="What malicious nodes do: label-flip (train on flipped labels), boosted (model "
                    "replacement: flipped labels, step x10), amplified (honest step x10), sign-flip "
-                   "(step x-10), noise/gaussian-noise, free-rider (resubmit the global model).")
+                   "(step x-10), noise/gaussian-noise, free-rider (resubmit the global model); protocol "
+                   "attacks: copy (resubmit another node's update), outsider (registered accounts outside "
+                   "the task submit anyway), inflated (claim 10^9 rows for the unchanged model), "
+                   "unresolvable (submit a CID whose blob is never stored).")
 @click.option("--malicious-fraction", type=click.FloatRange(0.0, 1.0), default=0.2, show_default=True,
               help="Share of the nodes that attack (with --attack).")
 @click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False), default=None,

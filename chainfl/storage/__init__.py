@@ -40,8 +40,9 @@ class Store(Protocol):
     def put(self, data: bytes) -> str:
         """Store ``data``; return its CIDv1 (equal to :func:`compute_cid` of the bytes)."""
 
-    def get(self, cid: str, timeout: float | None = 30.0) -> bytes:
-        """Return the bytes of ``cid``, verified (IntegrityError, BlobNotFoundError otherwise)."""
+    def get(self, cid: str, timeout: float | None = 30.0, max_bytes: int | None = None) -> bytes:
+        """Return the bytes of ``cid``, verified (IntegrityError, BlobNotFoundError otherwise);
+        a blob of more than ``max_bytes`` raises BlobTooLargeError before it is read whole."""
 
     def has(self, cid: str) -> bool:
         """True if the store holds ``cid``."""

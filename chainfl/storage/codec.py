@@ -157,14 +157,17 @@ def _digest_bytes(value: bytes | str) -> bytes:
     return bytes(value)
 
 
-def fetch_verified(store, cid: str, expected_digest: bytes | str, timeout: float | None = 30.0) -> bytes:
-    """Get ``cid`` from ``store`` and return it only if its sha256 equals ``expected_digest``.
+def fetch_verified(store, cid: str, expected_digest: bytes | str, timeout: float | None = 30.0,
+                   max_bytes: int | None = None) -> bytes:
+    """Get ``cid`` from ``store`` and return it only if its sha256 equals ``expected_digest``
+    (and it holds at most ``max_bytes``: BlobTooLargeError otherwise, before it is read whole).
 
     The store has already checked the bytes against the CID; this checks them against the
     digest recorded on chain (bytes32 or ``0x`` hex) and raises :class:`IntegrityError` otherwise.
     """
     want = _digest_bytes(expected_digest)
-    data = store.get(cid, timeout=timeout)
+    data = store.get(cid, timeout=timeout) if max_bytes is None else \
+        store.get(cid, timeout=timeout, max_bytes=max_bytes)
     got = digest(data)
     if got != want:
         raise IntegrityError(

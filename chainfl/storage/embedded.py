@@ -21,7 +21,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from chainfl.errors import BlobNotFoundError, IntegrityError, StoreError
+from chainfl.errors import BlobNotFoundError, BlobTooLargeError, IntegrityError, StoreError
 from chainfl.storage.cid import RAW, Cid, block_cid, build_dag, decode_file_node, parse_cid
 
 log = logging.getLogger(__name__)
@@ -57,16 +57,24 @@ class EmbeddedStore:
         log.debug("put %s (%d bytes, %d blocks) in %s", root_cid, len(data), len(blocks), self.root)
         return root_cid
 
-    def get(self, cid: str, timeout: float | None = None) -> bytes:
+    def get(self, cid: str, timeout: float | None = None, max_bytes: int | None = None) -> bytes:
         """The verified bytes of ``cid``. ``timeout`` is accepted for interface parity (local reads).
 
-        Raises :class:`BlobNotFoundError` if the blob (or one of its blocks) is not here and
-        :class:`IntegrityError` if any block does not hash to its CID or the sizes disagree.
+        Raises :class:`BlobNotFoundError` if the blob (or one of its blocks) is not here,
+        :class:`IntegrityError` if any block does not hash to its CID or the sizes disagree, and
+        :class:`BlobTooLargeError` if it holds more than ``max_bytes`` (checked from the root
+        block's declared size before anything else is read, and again while reading).
         """
         parsed = parse_cid(cid)
         name = str(parsed)
+        if max_bytes is not None:
+            root = self._read_block(parsed, name)
+            size = len(root) if parsed.codec == RAW else self._decode(root, parsed, name).filesize
+            if size > max_bytes:
+                raise BlobTooLargeError(f"Blob {name} holds {size} bytes, more than the {max_bytes} allowed "
+                                        f"here; refused unread.", cid=name, limit=max_bytes, size=size)
         out = bytearray()
-        self._assemble(parsed, name, out, expected_size=None, depth=0)
+        self._assemble(parsed, name, out, expected_size=None, depth=0, limit=max_bytes)
         return bytes(out)
 
     def has(self, cid: str) -> bool:
@@ -154,19 +162,22 @@ class EmbeddedStore:
                                  cid=blob, expected=str(cid)) from e
 
     def _assemble(self, cid: Cid, blob: str, out: bytearray, expected_size: int | None,
-                  depth: int) -> None:
+                  depth: int, limit: int | None = None) -> None:
         if depth > MAX_DEPTH:
             raise IntegrityError(f"Blob {blob}: its block tree is deeper than {MAX_DEPTH} levels; "
                                  f"IPFS never builds such a tree for a file. Refused.", cid=blob)
         block = self._read_block(cid, blob)
         start = len(out)
         if cid.codec == RAW:
+            if limit is not None and len(out) + len(block) > limit:
+                raise BlobTooLargeError(f"Blob {blob} holds more than the {limit} bytes allowed here; "
+                                        f"refused.", cid=blob, limit=limit)
             out += block
         else:
             node = self._decode(block, cid, blob)
             out += node.data
             for link, size in zip(node.links, node.blocksizes):
-                self._assemble(link.cid, blob, out, expected_size=size, depth=depth + 1)
+                self._assemble(link.cid, blob, out, expected_size=size, depth=depth + 1, limit=limit)
             if len(out) - start != node.filesize:
                 raise IntegrityError(
                     f"Blob {blob}: node {cid} declares {node.filesize} bytes but its blocks hold "

@@ -16,7 +16,7 @@ import io
 import logging
 import warnings
 
-from chainfl.errors import BlobNotFoundError, IntegrityError, StoreError, StoreUnavailableError
+from chainfl.errors import BlobNotFoundError, BlobTooLargeError, IntegrityError, StoreError, StoreUnavailableError
 from chainfl.storage.cid import compute_cid, normalize_cid
 
 log = logging.getLogger(__name__)
@@ -70,15 +70,21 @@ class IpfsStore:
                 cid=expected, expected=expected, actual=got)
         return got
 
-    def get(self, cid: str, timeout: float | None = DEFAULT_TIMEOUT) -> bytes:
+    def get(self, cid: str, timeout: float | None = DEFAULT_TIMEOUT, max_bytes: int | None = None) -> bytes:
         """``cat`` the blob and verify it against ``cid`` before returning it.
 
         A daemon that does not have the blob never answers (offline); after ``timeout`` seconds
-        without data this raises :class:`BlobNotFoundError`.
+        without data this raises :class:`BlobNotFoundError`. With ``max_bytes``, at most
+        ``max_bytes + 1`` bytes are read (``cat --length``): a longer blob raises
+        :class:`BlobTooLargeError` without being read whole.
         """
         name = normalize_cid(cid)
-        data = self._call("cat", lambda: self._client.cat(name, timeout=timeout or DEFAULT_TIMEOUT),
+        kwargs = {} if max_bytes is None else {"length": int(max_bytes) + 1}
+        data = self._call("cat", lambda: self._client.cat(name, timeout=timeout or DEFAULT_TIMEOUT, **kwargs),
                           cid=name, timeout=timeout)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise BlobTooLargeError(f"Blob {name} holds more than the {max_bytes} bytes allowed here; "
+                                    f"refused after reading {len(data)} bytes.", cid=name, limit=int(max_bytes))
         actual = compute_cid(data)
         if actual != name:
             raise IntegrityError(

@@ -32,7 +32,7 @@ def test_boosted_attacker_is_flagged_on_chain_and_the_robust_run_stays_close(wor
 
     flags = world5.events(task_id, "UpdateFlagged")
     assert {(f["round"], f["node"]) for f in flags} >= {(1, attacker), (2, attacker)}
-    assert all(f["reason"].startswith("screened out: ") for f in flags)
+    assert all(f["reason"].startswith("screening: ") for f in flags)
     assert all(attacker not in f["included"] for f in world5.events(task_id, "RoundFinalized"))
     assert world5.registry.node(attacker).flags == 2
     honest_flags = sum(world5.registry.node(a.address).flags for a in world5.accounts if a.address != attacker)

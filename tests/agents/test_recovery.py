@@ -1,5 +1,7 @@
 """Crash/resume, revert survival and tampered blobs: the agents derive what to do from chain state."""
 
+import time
+
 import pytest
 
 from chainfl.agents import modelio
@@ -123,15 +125,17 @@ def test_a_blob_that_does_not_match_its_digest_is_rejected_on_chain_and_never_lo
     assert handoff["node"] == world.accounts[1].address and handoff["parent"] == initial
 
 
-def _handoff_from_elsewhere(world, tmp_path, note: str):
+def _handoff_from_elsewhere(world, tmp_path, note: str, **spec_kw):
     """Node 0 records a handoff whose blob is only in a store the receiver cannot reach."""
     from chainfl.storage import open_store
 
-    spec = world.spec("chained", rounds=1)
+    spec = world.spec("chained", rounds=1, **spec_kw)
     task_id = world.coordinator().create_task(spec)
     initial = world.registry.task(task_id).head
     elsewhere = open_store((tmp_path / "elsewhere").as_uri())
-    a = modelio.put_model(elsewhere, modelio.initial_state(spec), {"kind": "handoff", "note": note})
+    a = modelio.put_model(elsewhere, modelio.initial_state(spec),
+                          {"kind": "handoff", "task": task_id, "node": world.accounts[0].address, "step": 0,
+                           "note": note})
     world.registry.record_handoff(task_id, initial, a.digest, a.cid, 10, 0.5, world.accounts[1].address,
                                   world.accounts[0])
     return task_id, elsewhere, a
@@ -141,6 +145,8 @@ def test_an_incoming_blob_not_yet_retrievable_is_retried_not_rejected(world, tmp
     task_id, elsewhere, a = _handoff_from_elsewhere(world, tmp_path, "late")
     patient = world.agent(1, task_id, fetch_timeout=0.5)
     assert patient.step() == "waiting"                       # a slow network is not poisoning
+    world.chain.advance_time(30)                             # half the task's fetch patience (60 s)
+    assert patient.step() == "waiting"
     assert world.events(task_id, "HandoffRejected") == []
 
     world.store.put(elsewhere.get(a.cid))                    # the blob arrives
@@ -150,29 +156,55 @@ def test_an_incoming_blob_not_yet_retrievable_is_retried_not_rejected(world, tmp
 
 
 def test_an_incoming_blob_missing_past_the_patience_window_is_rejected(world, tmp_path):
-    task_id, _, _ = _handoff_from_elsewhere(world, tmp_path, "never")
-    impatient = world.agent(1, task_id, fetch_timeout=0.5, fetch_patience=0.0)
-    assert impatient.step() == "rejected+handoff"
+    task_id, _, _ = _handoff_from_elsewhere(world, tmp_path, "never", fetch_patience=20, turn_seconds=40)
+    receiver = world.agent(1, task_id, fetch_timeout=0.5)
+    assert receiver.step() == "waiting"
+    world.chain.advance_time(21)                             # chain time: a restarted agent sees the same
+    restarted = world.agent(1, task_id, fetch_timeout=0.5)
+    assert restarted.step() == "rejected+handoff"            # it never trains on the unverified head
     rejected = world.events(task_id, "HandoffRejected")
-    assert len(rejected) == 1 and "not retrievable" in rejected[0]["reason"]
+    assert len(rejected) == 1 and rejected[0]["reason"] == "unavailable: blob did not resolve within 20 s"
+    assert world.events(task_id, "HandoffRecorded")[-1]["parent"] == world.registry.task(task_id).accepted
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
+def test_a_handoff_copied_from_another_node_is_rejected(world):
+    """Node 0 hands on node 1's blob as its own (its meta names node 1): the receiver refuses it."""
+    coordinator = world.coordinator()
+    spec = world.spec("chained", rounds=1)
+    task_id = coordinator.create_task(spec)
+    initial = world.registry.task(task_id).head
+    theirs = modelio.put_model(world.store, modelio.initial_state(spec),
+                               {"kind": "handoff", "task": task_id, "node": world.accounts[1].address, "step": 0})
+    world.registry.record_handoff(task_id, initial, theirs.digest, theirs.cid, 10, 0.5, world.accounts[1].address,
+                                  world.accounts[0])
+    assert world.agent(1, task_id).step() == "rejected+handoff"
+    (rejected,) = world.events(task_id, "HandoffRejected")
+    assert rejected["reason"].startswith("copy: ") and rejected["producer"] == world.accounts[0].address
 
-    def __call__(self):
-        return self.now
+
+def test_a_handoff_claiming_more_rows_than_committed_is_rejected(world):
+    coordinator = world.coordinator()
+    spec = world.spec("chained", rounds=1)
+    task_id = coordinator.create_task(spec)
+    initial = world.registry.task(task_id).head
+    mine = modelio.put_model(world.store, modelio.initial_state(spec),
+                             {"kind": "handoff", "task": task_id, "node": world.accounts[0].address, "step": 0})
+    committed = spec.committed_samples(world.accounts[0].address)
+    world.registry.record_handoff(task_id, initial, mine.digest, mine.cid, committed + 1, 0.5,
+                                  world.accounts[1].address, world.accounts[0])
+    assert world.agent(1, task_id).step() == "rejected+handoff"
+    (rejected,) = world.events(task_id, "HandoffRejected")
+    assert rejected["reason"] == f"samples: claims {committed + 1} training rows, but committed {committed} in its " \
+                                 f"statistics"
 
 
 def test_coordinator_skips_an_unresponsive_node_and_finishes_without_it(world):
-    clock = FakeClock()
-    coordinator = world.coordinator(turn_timeout=30, report_timeout=30, clock=clock)
-    task_id = coordinator.create_task(world.spec("chained", rounds=1))
+    coordinator = world.coordinator(report_timeout=2)
+    task_id = coordinator.create_task(world.spec("chained", rounds=1, turn_seconds=30, fetch_patience=10))
     present = [world.agent(i, task_id) for i in (1, 2)]        # node 0 is offline all along
 
     assert coordinator.step() == "waiting"
-    clock.now += 31
+    world.chain.advance_time(31)                               # turns are timed in chain time
     assert coordinator.step() == "skipped"
     skipped = world.events(task_id, "TurnSkipped")
     assert [(s["skipped"], s["next"]) for s in skipped] == [(world.accounts[0].address, world.accounts[1].address)]
@@ -181,12 +213,13 @@ def test_coordinator_skips_an_unresponsive_node_and_finishes_without_it(world):
             a.step()
     # nodes 1 and 2 made 2 handoffs; node 0 (offline) is expected again: skipped again after the timeout
     assert [h["node"] for h in world.events(task_id, "HandoffRecorded")] == [a.address for a in world.accounts[1:]]
-    for _ in range(20):
+    for _ in range(40):
         if coordinator.step() == "done":
             break
-        clock.now += 31
+        world.chain.advance_time(31)
         for a in present:
             a.step()
+        time.sleep(0.1)                                      # the wait for the offline node's report
     task = world.registry.task(task_id)
     assert task.closed and task.seq == 3
     handoffs = world.events(task_id, "HandoffRecorded")

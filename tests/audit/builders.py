@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from chainfl.agents.reports import NodeReport, evidence_blob
 from chainfl.agents.spec import TaskSpec
-from chainfl.aggregation.strategies import Strategy, Update, get_strategy
-from chainfl.chain.registry import Mode, Registry
+from chainfl.agents.threshold import merge_histograms, score_histogram, threshold_from_histogram
+from chainfl.aggregation.decision import Candidate, decide_round
+from chainfl.aggregation.strategies import Strategy, get_strategy
+from chainfl.chain.registry import Mode, Registry, RoundDecision
 from chainfl.data.scaling import Scaler
-from chainfl.learning.evaluate import choose_threshold, predict_scores
+from chainfl.learning.evaluate import predict_scores
 from chainfl.learning.models import ModelConfig, build_model, flatten, get_state, unflatten
 from chainfl.learning.train import TrainConfig, train_local
 from chainfl.storage.codec import decode_model, digest, encode_model
@@ -49,6 +52,7 @@ class Recorded:
     release: tuple | None = None                    # (digest, cid) when recorded
     final_state: dict | None = None
     threshold: float = 0.5
+    reports: list = field(default_factory=list)     # signed validation reports on the final model
 
 
 def setup_registry(chain, n_nodes: int):
@@ -73,16 +77,35 @@ def _spec(mode: str, nodes, rounds: int, strategy: Strategy | None, seed: int) -
                     strategy={} if strategy is None else strategy.spec(), seed=seed)
 
 
-def release_meta(spec: TaskSpec, threshold: float) -> dict:
-    return {"kind": "release", "threshold": threshold, "scaler": spec.scaler,
+def release_meta(spec: TaskSpec, threshold: float, reported: int = 0) -> dict:
+    return {"kind": "release", "threshold": threshold, "reported_nodes": reported, "scaler": spec.scaler,
             "feature_names": list(spec.feature_names), "model": spec.model}
 
 
-def _close(rec: Recorded, state) -> None:
+def sign_reports(rec: Recorded, state, data) -> None:
+    """Each node's validation histogram of ``state`` on its rows (``data[i]``), to be signed on
+    the final model when the task is closed (see :func:`_close`)."""
+    scaler = Scaler.from_dict(rec.spec.scaler)
+    model = ModelConfig.from_dict(rec.spec.model)
+    rec.reports = [(node, score_histogram(predict_scores(model, state, scaler.transform(X)), y))
+                   for node, (X, y) in zip(rec.nodes, data)]
+
+
+def _close(rec: Recorded, state, final_digest: bytes | None = None) -> None:
+    """Release ``state`` (the final model, whose digest on chain is ``final_digest``) with the
+    threshold from the nodes' signed reports on it, recorded as evidence, as the coordinator does."""
     rec.final_state = state
-    blob = encode_model(state, release_meta(rec.spec, rec.threshold))
+    evidence = None
+    if rec.reports and final_digest is not None:
+        hexd = "0x" + final_digest.hex()
+        reports = [NodeReport(rec.task_id, node.address, {hexd: hist}).signed(node) for node, hist in rec.reports]
+        rec.threshold, _ = threshold_from_histogram(merge_histograms([h for _, h in rec.reports]))
+        evidence = _put(rec.store, evidence_blob(rec.task_id, hexd, reports))
+    blob = encode_model(state, release_meta(rec.spec, rec.threshold, len(rec.reports) if evidence else 0))
     d, cid = _put(rec.store, blob)
-    rec.registry.close_task(rec.task_id, d, cid, rec.coordinator)
+    rec.registry.close_task(rec.task_id, d, cid, rec.coordinator, "planned rounds done",
+                            evidence_digest=evidence[0] if evidence else None,
+                            evidence_cid=evidence[1] if evidence else None)
     rec.release = (d, cid)
 
 
@@ -109,9 +132,10 @@ def record_chained(chain, store, n_nodes: int = 3, rounds: int = 2, seed: int = 
     spec_d, spec_cid = _put(store, spec.to_bytes())
     state = get_state(build_model(model, features, seed))
     head_d, head_cid = _put(store, encode_model(state, {"kind": "initial"}))
-    task_id = registry.create_task(spec_d, spec_cid, Mode.CHAINED, head_d, head_cid, nodes[0], coord)
+    task_id = registry.create_task(spec_d, spec_cid, Mode.CHAINED, head_d, head_cid, nodes, coord)
     rec = Recorded(chain, registry, store, task_id, spec, nodes, coord, [head_d], [head_cid])
     accepted_state, head_state = state, state
+    accepted_d = head_d
     seq = 0
     i = 0
     while seq < rounds * n_nodes:
@@ -123,25 +147,26 @@ def record_chained(chain, store, n_nodes: int = 3, rounds: int = 2, seed: int = 
             continue
         if reject_at is not None and seq == reject_at and seq > 0:
             registry.reject_handoff(task_id, head_d, "validation loss worse", node)
-            head_state, head_d = accepted_state, rec.digests[-2]
+            head_state, head_d = accepted_state, accepted_d
             reject_at = None
         X, y = data[i % n_nodes]
         res = train_local(model, head_state, scaler.transform(X), y,
                           TrainConfig(**{**train.to_dict(), "seed": seed + i}))
-        blob = encode_model(res.state, {"kind": "handoff", "seq": seq + 1})
+        blob = encode_model(res.state, {"kind": "handoff", "task": task_id, "node": node.address, "step": seq})
         d, cid = _put(store, blob)
         nxt = nodes[(i + 1) % n_nodes]
         registry.record_handoff(task_id, head_d, d, cid, res.n_samples, res.loss, nxt, node)
-        accepted_state, head_state, head_d = head_state, res.state, d
+        accepted_state, accepted_d, head_state, head_d = head_state, head_d, res.state, d
         rec.digests.append(d)
         rec.cids.append(cid)
         seq += 1
         i += 1
-    if dataset is not None:
-        scores = predict_scores(model, head_state, scaler.transform(dataset.X))
-        rec.threshold = choose_threshold(scores, dataset.y)
-    if close:
-        _close(rec, head_state)
+    if dataset is not None:          # every node (the final checker too) checked and reported the head
+        sign_reports(rec, head_state, data)
+        if close:
+            _close(rec, head_state, head_d)
+    elif close:                      # nobody checked the final head: the last accepted model is released
+        _close(rec, accepted_state, accepted_d)
     return rec
 
 
@@ -159,11 +184,11 @@ def record_federated(chain, store, n_nodes: int = 4, rounds: int = 2, seed: int 
     spec_d, spec_cid = _put(store, spec.to_bytes())
     state = get_state(build_model(MODEL, len(FEATURES), seed))
     g_d, g_cid = _put(store, encode_model(state, {"kind": "initial"}))
-    task_id = registry.create_task(spec_d, spec_cid, Mode.FEDERATED, g_d, g_cid, None, coord)
+    task_id = registry.create_task(spec_d, spec_cid, Mode.FEDERATED, g_d, g_cid, nodes, coord)
     rec = Recorded(chain, registry, store, task_id, spec, nodes, coord, [g_d], [g_cid])
     for r in range(1, rounds + 1):
         registry.open_round(task_id, chain.latest_timestamp() + 3600, coord)
-        updates = []
+        candidates = []
         for i, node in enumerate(nodes):
             X, y = data[i]
             res = train_local(MODEL, state, scaler.transform(X), y,
@@ -172,22 +197,23 @@ def record_federated(chain, store, n_nodes: int = 4, rounds: int = 2, seed: int 
             if poison == i:
                 ref = flatten(state)
                 new = unflatten(ref + 25.0 * (flatten(res.state) - ref), state)
-            d, cid = _put(store, encode_model(new, {"kind": "update", "round": r}))
+            meta = {"kind": "update", "task": task_id, "node": node.address, "step": r}
+            d, cid = _put(store, encode_model(new, meta))
             registry.submit_update(task_id, r, g_d, d, cid, res.n_samples, res.loss, node)
-            updates.append(Update(node=node.address, digest=d, state_vec=flatten(new), n_samples=res.n_samples))
+            candidates.append(Candidate(node.address, d, res.n_samples, vector=flatten(new), meta=meta))
             rec.digests.append(d)
             rec.cids.append(cid)
-        result = strat.aggregate(updates, reference=flatten(state), previous=previous)
-        for n in result.flagged:
-            registry.flag_update(task_id, r, n, "screening outlier", coord)
+        outcome = decide_round(candidates, strat, task_id=task_id, round_=r, reference=flatten(state),
+                               previous=previous)
         previous = flatten(state)
-        state = unflatten(result.vector, state)
+        state = unflatten(outcome.vector, state)
         g_d, g_cid = _put(store, encode_model(state, {"kind": "aggregate", "round": r}))
-        registry.finalize_round(task_id, r, g_d, g_cid, result.included, coord)
+        registry.finalize_round(task_id, r, g_d, g_cid, RoundDecision(outcome.included, outcome.excluded,
+                                                                     outcome.flagged), coord)
         rec.digests.append(g_d)
         rec.cids.append(g_cid)
     if close:
-        _close(rec, state)
+        _close(rec, state, g_d)
     return rec
 
 

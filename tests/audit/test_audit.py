@@ -13,7 +13,7 @@ from eth_utils import keccak
 from chainfl.audit import audit_task
 from chainfl.audit.history import load_history
 from chainfl.chain import connect
-from chainfl.chain.registry import Mode
+from chainfl.chain.registry import Mode, RoundDecision
 from chainfl.errors import AuditError
 from chainfl.storage import open_store
 from chainfl.storage.codec import digest, encode_model
@@ -75,9 +75,11 @@ def test_honest_federated_history_recomputes_every_aggregate(recorded):
     assert all(a["recomputed"] == a["digest"] for a in report.aggregates)
     poisoned = rec.nodes[1].address
     assert report.nodes[poisoned].flags == 2 and report.nodes[poisoned].included == 0
-    assert all(a["strategy_flagged"] == [poisoned] for a in report.aggregates)
-    assert [(f["kind"], f["round"], f["node"], f["reason"]) for f in report.flags] == \
-        [("flag", 1, poisoned, "screening outlier"), ("flag", 2, poisoned, "screening outlier")]
+    assert all(a["strategy_flagged"] == {poisoned: "screening"} for a in report.aggregates)
+    assert [(f["kind"], f["round"], f["node"]) for f in report.flags] == [("flag", 1, poisoned), ("flag", 2, poisoned)]
+    assert all(f["reason"].startswith("screening: ") for f in report.flags)
+    # the flags are handled misbehaviour: listed per node, the audit stays ok
+    assert report.misbehaving() == {poisoned: {"flagged:screening": 2}}
     d = report.to_dict()
     assert d["ok"] is True and d["counts"]["aggregates_recomputed"] == 2
 
@@ -88,8 +90,9 @@ def test_release_is_verified_against_the_final_model(recorded):
     if rec.release is None:
         assert report.release is None      # contract without release support: nothing to check
         return
-    assert report.release["status"] == "ok" and report.release["matches_final"] == "head"
-    assert report.release["meta"]["threshold"] == rec.threshold
+    # nobody checked the final head (no reports): the last accepted model is the release
+    assert report.release["status"] == "ok" and report.release["matches_final"] == "accepted"
+    assert report.release["meta"]["threshold"] == rec.threshold == 0.5
 
 
 def test_history_is_read_in_small_chunks_identically(recorded):
@@ -148,17 +151,18 @@ def test_aggregate_that_does_not_match_its_inputs_is_named(tmp_path):
         g_state, _ = decode(store, rec.cids[-1])
         for i, node in enumerate(rec.nodes):
             state = {k: v + 0.01 * (i + 1) for k, v in g_state.items()}
-            blob = encode_model(state, {"kind": "update", "round": r})
+            blob = encode_model(state, {"kind": "update", "task": rec.task_id, "node": node.address, "step": r})
             reg.submit_update(rec.task_id, r, rec.digests[-1], digest(blob), store.put(blob), 10, 0.5, node)
         wrong = {k: v + 0.5 for k, v in g_state.items()}
         blob = encode_model(wrong, {"kind": "aggregate", "round": r})
         cid = store.put(blob)
-        reg.finalize_round(rec.task_id, r, digest(blob), cid, [n.address for n in rec.nodes], coord)
+        reg.finalize_round(rec.task_id, r, digest(blob), cid, RoundDecision(included=[n.address for n in rec.nodes]),
+                           coord)
         report = audit_task(chain, reg, store, rec.task_id)
     (v,) = report.violations
     assert v.kind == "aggregate-mismatch" and v.round == 2 and v.cid == cid
     assert v.node == coord.address
-    assert "does not match its recorded inputs" in str(v) and "round 2" in str(v)
+    assert "does not recompute from the round's updates" in str(v) and "round 2" in str(v)
     assert [a["match"] for a in report.aggregates] == [True, False]
 
 
@@ -250,8 +254,9 @@ def test_handoff_out_of_order_on_eth_tester_is_named(tmp_path):
 
 
 def test_missing_blob_is_named_on_every_store_backend(store_url):
-    """A handoff recorded with the CID of bytes never put into the store (embedded or IPFS daemon):
-    the audit waits at most ``timeout`` and names it."""
+    """A handoff recorded with the CID of bytes never put into the store (embedded or IPFS daemon)
+    and then accepted by the next node: the audit waits at most ``timeout`` and names it. While it
+    is the unaccepted head it is only a warning (nobody built on it; the release would not be it)."""
     from chainfl.storage import compute_cid
 
     store = open_store(store_url)
@@ -263,10 +268,17 @@ def test_missing_blob_is_named_on_every_store_backend(store_url):
         rec.registry.record_handoff(rec.task_id, rec.digests[-1], digest(blob), cid, 7, 0.2, rec.nodes[1],
                                     rec.nodes[0])
         honest_part_ok = all(store.has(c) for c in rec.cids)
+        pending = audit_task(chain, rec.registry, store, rec.task_id, timeout=3.0)
+        on_top = encode_model({k: v + 0.5 for k, v in state.items()},
+                              {"kind": "handoff", "task": rec.task_id, "node": rec.nodes[1].address, "step": 3})
+        rec.registry.record_handoff(rec.task_id, digest(blob), digest(on_top), store.put(on_top), 7, 0.2,
+                                    rec.nodes[0], rec.nodes[1])
         report = audit_task(chain, rec.registry, store, rec.task_id, timeout=3.0)
     assert honest_part_ok
+    assert pending.ok and any("unaccepted handoff seq 3" in w for w in pending.warnings)
     (v,) = report.violations
     assert v.kind == "blob-missing" and v.cid == cid and v.seq == 3 and v.node == rec.nodes[0].address
+    assert "accepted handoff seq 3" in str(v)
 
 
 def test_release_that_is_not_the_final_model_is_named(tmp_path):

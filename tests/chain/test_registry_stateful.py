@@ -1,5 +1,7 @@
 """Stateful property test of chained mode: the contract's head/accepted/turn always match a
-plain Python model, whatever sequence of handoffs, rejections and skips (valid or not) is sent.
+plain Python model, whatever sequence of handoffs, rejections and skips (valid or not) is sent,
+and no node ever holds the turn while its own handoff is the unaccepted head (so no node can
+accept its own model, whatever its client does).
 
 Runs on the embedded eth-tester chain only (cheap, in process); the same contract code runs on
 Ganache and Anvil in ``test_registry.py``.
@@ -36,7 +38,7 @@ class ChainedHead(RuleBasedStateMachine):
         a = self.reg.chain.accounts
         self.admin, self.nodes = a[0], list(a[1:1 + N_NODES])
         initial = new_digest()
-        self.task = self.reg.create_task(new_digest(), CID, Mode.CHAINED, initial, CID, self.nodes[0], self.admin)
+        self.task = self.reg.create_task(new_digest(), CID, Mode.CHAINED, initial, CID, self.nodes, self.admin)
         # the model
         self.head = self.accepted = initial
         self.head_node = None
@@ -56,6 +58,9 @@ class ChainedHead(RuleBasedStateMachine):
             with pytest.raises(E.RegistryStaleParent) as info:
                 self.reg.record_handoff(self.task, parent, digest, CID, 5, 0.1, nxt_node, node)
             assert info.value.error_args["head"] == self.head
+        elif nxt_node.address == node.address:
+            with pytest.raises(E.RegistryHandoffToSelf):
+                self.reg.record_handoff(self.task, parent, digest, CID, 5, 0.1, nxt_node, node)
         else:
             self.reg.record_handoff(self.task, parent, digest, CID, 5, 0.1, nxt_node, node)
             self.accepted, self.head, self.head_node = self.head, digest, node.address
@@ -78,8 +83,13 @@ class ChainedHead(RuleBasedStateMachine):
 
     @rule(nxt=st.integers(0, N_NODES - 1))
     def skip(self, nxt):
+        target = self.nodes[nxt].address
+        if self.head != self.accepted and target == self.head_node:
+            with pytest.raises(E.RegistrySkipToProducer):
+                self.reg.skip_turn(self.task, self.nodes[nxt], self.admin)
+            return
         self.reg.skip_turn(self.task, self.nodes[nxt], self.admin)
-        self.expected = self.nodes[nxt].address
+        self.expected = target
 
     @invariant()
     def contract_matches_model(self):
@@ -89,6 +99,8 @@ class ChainedHead(RuleBasedStateMachine):
         # the head is always either accepted or the one pending handoff, and came from a handoff
         assert t.head in self.produced and t.accepted in self.produced
         assert (t.head_node is None) == (t.head == t.accepted)
+        # nobody holds the turn on its own unaccepted handoff
+        assert t.head_node is None or t.expected != t.head_node
 
 
 @pytest.fixture(scope="module")

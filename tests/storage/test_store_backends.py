@@ -107,3 +107,17 @@ def test_concurrent_puts_of_the_same_blob_are_safe(store):
 
     assert set(cids) == {compute_cid(data)}
     assert store.get(cids[0], timeout=10) == data
+
+
+@pytest.mark.parametrize("size", [100, CHUNK_SIZE, 3 * CHUNK_SIZE + 5])
+def test_max_bytes_refuses_a_larger_blob_and_passes_one_at_the_limit(store, size):
+    from chainfl.errors import BlobTooLargeError
+
+    data = pseudo_random(size, seed=7 + size)
+    cid = store.put(data)
+
+    assert store.get(cid, timeout=10, max_bytes=size) == data
+    with pytest.raises(BlobTooLargeError) as info:
+        store.get(cid, timeout=10, max_bytes=size - 1)
+    assert info.value.cid == cid and info.value.limit == size - 1
+    assert str(size - 1) in str(info.value)

@@ -1,0 +1,177 @@
+"""The end of a task: final state, the plan, the release and the evidence behind its threshold.
+
+* **final state** — the replayed head/accepted/seq/turn equal the contract's current task view
+  (catches state changed without an event, e.g. a dev chain's storage overwritten);
+* **plan** — fewer handoffs or rounds than planned is a warning naming the recorded reason;
+* **release** — the released weights equal the final model (federated: the last aggregate;
+  chained: the last accepted model, or the final head if the node whose turn it was checked it);
+  its meta's scaler, feature names and model config equal the task spec's (detection uses them);
+  its threshold follows from the evidence recorded at closeTask: the nodes' signed validation
+  histograms of the released model (signatures verified, task nodes only), merged and maximised
+  exactly as the coordinator does (:mod:`chainfl.agents.threshold`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from chainfl.audit.blobs import BlobProblem, hx
+from chainfl.chain.registry import Mode
+
+
+def check_final(a, live) -> None:
+    """Compare the replay with the contract's current task view (``live``: TaskState or None)."""
+    if live is None:
+        return
+    rep = a.replayed
+    c = a.h.created
+    diffs = []
+    if live.head != rep["head"]:
+        diffs.append(f"head {hx(live.head)} (replayed {hx(rep['head'])})")
+    if live.accepted != rep["accepted"]:
+        diffs.append(f"accepted {hx(live.accepted)} (replayed {hx(rep['accepted'])})")
+    if live.seq != rep["seq"]:
+        diffs.append(f"seq {live.seq} (replayed {rep['seq']})")
+    if a.h.mode == Mode.CHAINED and live.expected != rep["expected"]:
+        diffs.append(f"turn of {live.expected} (replayed {rep['expected']})")
+    if live.closed != (a.h.closed is not None):
+        diffs.append(f"closed={live.closed} (events say {a.h.closed is not None})")
+    if live.node_count and live.node_count != len(c.nodes):
+        diffs.append(f"{live.node_count} task nodes (TaskCreated lists {len(c.nodes)})")
+    if diffs:
+        a.violate("state-mismatch", "the contract's task state differs from its event history: " + "; ".join(diffs)
+                  + " — state changed without an event (tampered dev chain?)",
+                  seq=live.seq if a.h.mode == Mode.CHAINED else None,
+                  round=live.seq if a.h.mode == Mode.FEDERATED else None, node=c.coordinator,
+                  cid=rep.get("head_cid"))
+
+
+def check_planned(a) -> None:
+    if a.spec is None or a.h.closed is None:
+        return
+    why = f" (recorded reason: {a.h.closed.reason})" if a.h.closed.reason else ""
+    if a.h.mode == Mode.CHAINED and len(a.h.handoffs) < a.spec.total_handoffs:
+        a.warnings.append(f"task closed after {len(a.h.handoffs)} handoffs; the spec plans {a.spec.total_handoffs} "
+                          f"({a.spec.rounds} passes over {len(a.spec.nodes)} nodes){why}")
+    done = sum(1 for r in a.h.rounds if r.finalized)
+    if a.h.mode == Mode.FEDERATED and done < a.spec.rounds:
+        a.warnings.append(f"task closed after {done} finalized rounds; the spec plans {a.spec.rounds}{why}")
+
+
+def check_release(a) -> dict | None:
+    closed = a.h.closed
+    a.final = {"digest": hx(a.replayed["head"]), "cid": a.replayed["head_cid"]}
+    if closed is None or closed.release_digest is None:
+        return None
+    cid = closed.release_cid or ""
+    info = {"digest": hx(closed.release_digest), "cid": cid, "status": "ok", "matches_final": False, "meta": None,
+            "evidence_cid": closed.evidence_cid, "threshold_recomputed": None}
+    try:
+        state, meta = a.fetch_model("release", closed.release_digest, cid, node=closed.by,
+                                    parent=a.replayed["head"])
+    except BlobProblem as p:
+        a.violate(p.kind, f"release: {p.message}", node=closed.by, cid=cid)
+        info["status"] = p.kind
+        return info
+    info["meta"] = {k: v for k, v in meta.items() if k != "scaler"}
+    if a.spec is not None:
+        from chainfl.audit.detect import same_json
+
+        spec_values = {"scaler": a.spec.scaler, "feature_names": list(a.spec.feature_names), "model": a.spec.model}
+        for key, want in spec_values.items():
+            if not same_json(meta.get(key), want):
+                info["status"] = "release-meta"
+                a.violate("release-meta", f"the release {cid}'s {key} differs from the task spec's (detection would "
+                          f"use it)", node=closed.by, cid=cid)
+    source = _matching(a, state)
+    info["matches_final"] = source
+    if not source:
+        info["status"] = "release-mismatch"
+        a.violate("release-mismatch", "the release's weights equal neither the final head nor the last accepted "
+                  "model", node=closed.by, cid=cid)
+        return info
+    released = a.replayed[source]
+    reports = _evidence(a, info, released)
+    if a.h.mode == Mode.CHAINED and source == "head" and a.replayed["head"] != a.replayed["accepted"]:
+        checker = a.replayed["expected"]
+        if checker not in {r.node for r in reports or []}:
+            a.violate("release-unchecked", f"the release is the final handoff of {a.replayed.get('head_node')}, which "
+                      f"no node accepted: the evidence holds no report of {checker}, whose check it awaited",
+                      node=closed.by, cid=cid)
+    _check_threshold(a, info, meta, released, reports)
+    return info
+
+
+def _matching(a, state) -> str | bool:
+    for label in ("head", "accepted"):
+        d, cid = a.replayed[label], a.replayed[f"{label}_cid"]
+        if cid is None:
+            continue
+        try:
+            final_state, _ = a.cache.model(d, cid, a.expected)
+        except BlobProblem:
+            continue
+        if set(final_state) == set(state) and all(
+                np.array_equal(final_state[k], state[k]) and final_state[k].dtype == state[k].dtype
+                for k in final_state):
+            return label
+    return False
+
+
+def _evidence(a, info: dict, released: bytes):
+    """The verified reports of the evidence blob (None when there is no evidence or it is broken)."""
+    from chainfl.agents.reports import parse_evidence
+    from chainfl.errors import AgentError
+
+    closed = a.h.closed
+    if closed.evidence_digest is None:
+        return None
+    try:
+        blob = a.cache.blob(closed.evidence_digest, closed.evidence_cid or "")
+        task_id, model, reports = parse_evidence(blob)
+    except BlobProblem as p:
+        a.violate(p.kind, f"release evidence: {p.message}", node=closed.by, cid=closed.evidence_cid)
+        return None
+    except AgentError as e:
+        a.violate("evidence-invalid", f"release evidence: {e}", node=closed.by, cid=closed.evidence_cid)
+        return None
+    if task_id != a.h.task_id or model != hx(released):
+        a.violate("evidence-invalid", f"the evidence is about task {task_id} model {model}, not task {a.h.task_id} "
+                  f"model {hx(released)}", node=closed.by, cid=closed.evidence_cid)
+        return None
+    good = []
+    for r in reports:
+        if r.task_id != a.h.task_id or not a.participant(r.node) or not r.verify() or model not in r.histograms:
+            a.violate("evidence-invalid", f"the evidence holds a report of {r.node} that is not a valid signed "
+                      f"report of a task node on the released model", node=closed.by, cid=closed.evidence_cid)
+            return None
+        good.append(r)
+    if len({r.node.lower() for r in good}) != len(good):
+        a.violate("evidence-invalid", "the evidence holds two reports of one node", node=closed.by,
+                  cid=closed.evidence_cid)
+        return None
+    info["evidence_reports"] = len(good)
+    return good
+
+
+def _check_threshold(a, info: dict, meta: dict, released: bytes, reports) -> None:
+    from chainfl.agents.threshold import merge_histograms, threshold_from_histogram
+
+    closed = a.h.closed
+    recorded = meta.get("threshold")
+    if reports is None and closed.evidence_digest is not None:
+        return                                   # the broken evidence is reported already
+    if not reports:
+        if recorded != 0.5 or meta.get("reported_nodes", 0):
+            a.violate("release-threshold", f"the release threshold {recorded} claims {meta.get('reported_nodes')} "
+                      f"node report(s) but no evidence is recorded", node=closed.by, cid=closed.release_cid)
+        else:
+            a.warnings.append("the release threshold is the default 0.5: no node reported validation histograms")
+        return
+    hexd = hx(released)
+    threshold, _ = threshold_from_histogram(merge_histograms([r.histograms[hexd] for r in reports]))
+    info["threshold_recomputed"] = threshold
+    if recorded != threshold or meta.get("reported_nodes") != len(reports):
+        a.violate("release-threshold", f"the release threshold {recorded} (from {meta.get('reported_nodes')} "
+                  f"report(s)) does not follow from the {len(reports)} signed report(s) of the evidence, which give "
+                  f"{threshold}", node=closed.by, cid=closed.release_cid)

@@ -19,10 +19,11 @@ fill_option = click.option(
     help="Value for empty feature cells [the features.json's; else a blank is an error].")
 max_rows_option = click.option(
     "--max-rows", type=click.IntRange(min=0), default=None, envvar="CHAINFL_CSV_MAX_ROWS", show_envvar=True,
-    help="Cap on data rows of a CSV read whole into memory; 0 = no cap [2000000].")
+    help="Cap on data rows of a CSV read into memory; 0 = no cap [2000000].")
 max_bytes_option = click.option(
     "--max-bytes", type=click.IntRange(min=0), default=None, envvar="CHAINFL_CSV_MAX_BYTES", show_envvar=True,
-    help="Cap on the size of a CSV read whole into memory, bytes; 0 = no cap [1073741824 = 1 GiB].")
+    help="Cap on the size of a CSV read into memory, bytes; 0 = no cap [1073741824 = 1 GiB; "
+         "data prepare: 536870912 = 512 MiB].")
 
 
 def names(values) -> tuple[str, ...] | None:

@@ -127,7 +127,7 @@ def prepare_cmd(data_path, label, dataset, nodes, partition_, alpha, by, seed, t
     unless listed in --features; every dropped column is recorded with its reason. A column that
     separates the labels alone is reported (stderr and features.json). Deterministic for a --seed.
     """
-    from chainfl.data.csvfile import CsvLimits
+    from chainfl.data.csvfile import PREPARE_LIMITS, CsvLimits
     from chainfl.data.prepare import PrepareConfig, prepare_csv, prepare_eth_fraud, write_prepared
 
     if bool(data_path) == bool(dataset):
@@ -137,7 +137,7 @@ def prepare_cmd(data_path, label, dataset, nodes, partition_, alpha, by, seed, t
     cfg = PrepareConfig(nodes=nodes, partition=partition_, alpha=alpha, by=by, seed=seed,
                         test_fraction=test_fraction, features=names(features), drop=names(drop) or (),
                         fill=fill, id_column=id_column)
-    limits = CsvLimits.from_options(max_bytes, max_rows)
+    limits = CsvLimits.from_options(max_bytes, max_rows, default=PREPARE_LIMITS)
     prepared = prepare_csv(data_path, label, cfg, limits) if data_path else prepare_eth_fraud(cfg, limits=limits)
     written = write_prepared(prepared, out_dir)
     m = prepared.manifest

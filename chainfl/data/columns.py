@@ -71,7 +71,7 @@ class ColumnProfile:
     integer: bool                   # every number is a whole number
     distinct: tuple[float, ...]     # up to two distinct numbers (a constant column has one)
     permutation: tuple[int, int] | None  # (lo, hi) when the cells are each of lo..hi exactly once
-    unique: bool | None             # every non-empty cell distinct (None: not tracked)
+    unique: bool | None             # every non-empty cell distinct (None: not tracked: numbers, streaming)
     address_like: bool              # every non-empty cell is 0x + 40 hex digits
 
     @property
@@ -144,7 +144,10 @@ class _Tracker:
             elif len(text):
                 self.address_like = bool(text.str.fullmatch(ADDRESS_VALUE.pattern).all())
         if self.hashes is not None:
-            self.hashes.append(pd.util.hash_array(cells[~empty].to_numpy(object)))
+            if self.nonnumeric == 0 and number.any():
+                self.hashes = None                   # numbers so far: uniqueness is not a rule for them
+            else:
+                self.hashes.append(pd.util.hash_array(cells[~empty].to_numpy(object)))
         self._permutation(nums, bool(empty.any() or bad.any()) or len(nums) != len(finite))
 
     def _permutation(self, nums: np.ndarray, blemish: bool) -> None:
@@ -198,8 +201,8 @@ class _Tracker:
 class Profiler:
     """Profiles every column of a table seen in chunks of raw string cells.
 
-    ``track_unique`` keeps a 64-bit hash per cell (8 bytes per row and column) to tell text
-    columns unique per row; the streaming reader turns it off (text is not a feature either way).
+    ``track_unique`` keeps a 64-bit hash per cell of text columns (8 bytes per row) to tell those
+    unique per row; the streaming reader turns it off (text is not a feature either way).
     """
 
     def __init__(self, columns: Sequence[str], track_unique: bool = True):

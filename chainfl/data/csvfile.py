@@ -6,7 +6,7 @@ bounded chunks (:func:`iter_chunks`), so both give bitwise the same values. Fram
 **record number** (0 = the first data row); errors name the file, the column and the record's
 **line in the file** (header = line 1), found by :func:`record_line` only when an error is raised.
 
-:class:`CsvLimits` caps what may be read whole into memory (training data, ``data prepare``); it
+:class:`CsvLimits` caps what may be loaded into memory (training data, ``data prepare``); it
 is checked before anything is read (:meth:`CsvLimits.check`). Streaming readers need no cap.
 """
 
@@ -31,13 +31,15 @@ CHUNK_CELLS = 1_000_000
 
 @dataclass(frozen=True)
 class CsvLimits:
-    """Caps on a CSV read whole into memory; ``None`` = no cap.
+    """Caps on a CSV read into memory; ``None`` = no cap.
 
-    Reading a CSV whole costs ~4-5x its size in memory (every cell becomes a Python string before
-    conversion; measured in benchmarks/results/csv_memory.md), so 1 GiB keeps the peak near 5 GiB,
-    inside a common 8 GB machine; 2,000,000 rows is a node far bigger than the real data (9,841
-    rows) whose float32 matrix (50 features: 400 MB) and local epochs still fit such a machine.
-    ``chainfl node stats`` streams instead and needs no cap.
+    ``load_csv`` (training data) converts the file chunk by chunk, so its peak is about twice the
+    file (the float32 matrix, the ids as strings, one chunk: 0.53 GB for a 256 MiB file, in
+    benchmarks/results/csv_memory.md); the defaults keep it near 2 GB, inside a common 8 GB machine
+    with room for training. 2,000,000 rows is 200x the real data (9,841 rows) and a 400 MB float32
+    matrix at 50 features. ``data prepare`` keeps every cell as text while it works (about 5x the
+    file), so it caps at :data:`PREPARE_LIMITS` (512 MiB) by default. ``chainfl node stats``
+    streams and needs no cap.
     """
 
     max_bytes: int | None = 1 << 30         # file size, bytes (1 GiB)
@@ -50,9 +52,10 @@ class CsvLimits:
                 raise DataError(f"CsvLimits.{name} must be a positive integer or None (no cap), got {value!r}")
 
     @classmethod
-    def from_options(cls, max_bytes: int | None = None, max_rows: int | None = None) -> "CsvLimits":
-        """From command-line values: ``None`` keeps the default, ``0`` means no cap."""
-        default = cls()
+    def from_options(cls, max_bytes: int | None = None, max_rows: int | None = None,
+                     default: "CsvLimits | None" = None) -> "CsvLimits":
+        """From command-line values: ``None`` keeps ``default`` (``CsvLimits()``), ``0`` = no cap."""
+        default = default if default is not None else cls()
         pick = (lambda v, d: d if v is None else (None if int(v) == 0 else int(v)))
         return cls(pick(max_bytes, default.max_bytes), pick(max_rows, default.max_rows))
 
@@ -74,7 +77,7 @@ class CsvLimits:
         size = path.stat().st_size
         if self.max_bytes is not None and size > self.max_bytes:
             raise DataError(f"{path}: {size:,} bytes ({_size(size)}) is over the cap of {self.max_bytes:,} bytes "
-                            f"({_size(self.max_bytes)}) on a CSV read whole into memory (max_bytes); raise it "
+                            f"({_size(self.max_bytes)}) on a CSV loaded into memory (max_bytes); raise it "
                             f"with --max-bytes BYTES (or "
                             f"CHAINFL_CSV_MAX_BYTES; 0 = no cap) or split the file with `chainfl data "
                             f"prepare`", path=str(path))
@@ -90,10 +93,14 @@ class CsvLimits:
         for _, chunk in iter_chunks(path, usecols=read_header(path)[:1]):
             rows += len(chunk)
             if rows > self.max_rows:
-                raise DataError(f"{path}: more than {self.max_rows:,} data rows, the cap on a CSV read whole "
+                raise DataError(f"{path}: more than {self.max_rows:,} data rows, the cap on a CSV loaded "
                                 f"into memory (max_rows); raise it with --max-rows N (or "
                                 f"CHAINFL_CSV_MAX_ROWS; 0 = no cap) or split the file with `chainfl data "
                                 f"prepare`", path=str(path))
+
+
+#: The default caps of ``chainfl data prepare``, which holds every cell as text while it works.
+PREPARE_LIMITS = CsvLimits(max_bytes=512 << 20, max_rows=2_000_000)
 
 
 def _size(n: int) -> str:
@@ -172,7 +179,7 @@ def iter_chunks(path: str | Path, usecols: Sequence[str] | None = None,
     path = Path(path)
     header = read_header(path)
     cols = _usecols(path, usecols)
-    rows = chunk_rows or chunk_rows_for(len(cols) if cols is not None else len(header))
+    rows = chunk_rows or chunk_rows_for(len(header))      # the parser tokenizes every column, used or not
     start = 0
     try:
         with pd.read_csv(path, usecols=cols, chunksize=rows, **_READ) as reader:

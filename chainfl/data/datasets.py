@@ -4,7 +4,7 @@ A :class:`Dataset` is plain arrays plus names: ``X`` float32 ``[n, d]``, ``y`` i
 {0, 1}, ``feature_names`` (``d`` names, see :mod:`chainfl.data.schema`), ``ids`` (one address or
 row id per sample) and ``source`` (where it came from).
 
-:func:`load_csv` reads a file whole (within :class:`CsvLimits`, checked first);
+:func:`load_csv` loads a file (within :class:`CsvLimits`, checked first, converted chunk by chunk);
 :func:`stream_feature_stats` computes a node's :class:`~chainfl.data.scaling.FeatureStats` from a
 file of any size in bounded memory, bitwise equal to computing them on the loaded rows.
 """
@@ -128,15 +128,17 @@ def load_eth_fraud(path: str | Path | None = None, missing_flag: bool = False) -
 
 def load_csv(path: str | Path, label: str, features: Sequence[str] | None = None, *,
              drop: Iterable[str] = (), id_column: str | None = None, fill_missing: float | None = None,
-             limits: CsvLimits | None = None, require_both_classes: bool = True) -> Dataset:
-    """Load a labelled CSV (UTF-8, header row, one sample per row) whole into memory.
+             limits: CsvLimits | None = None, require_both_classes: bool = True,
+             chunk_rows: int | None = None) -> Dataset:
+    """Load a labelled CSV (UTF-8, header row, one sample per row) into memory.
 
     ``label`` names the 0/1 label column (also accepted: ``true``/``false``). ``features`` lists
     the feature columns; by default they are chosen by :func:`chainfl.data.columns.choose_features`
     (numeric columns that are not id-like: no row numbers, indexes, addresses), minus ``drop``.
     ``id_column`` defaults to ``Address`` when present, else row numbers are used. Empty cells are
     an error unless ``fill_missing`` gives a value for them. ``limits`` (default
-    :class:`CsvLimits`) are checked before the file is read.
+    :class:`CsvLimits`) are checked before the file is read; it is then read in chunks that are
+    converted to float32 at once, so the peak stays near the size of the result.
 
     Every problem raises :class:`DataError` naming the file, the column and, where one is at
     fault, the row as its **line number in the file** (the header is line 1).
@@ -145,43 +147,95 @@ def load_csv(path: str | Path, label: str, features: Sequence[str] | None = None
     if not path.exists():
         raise DataError(f"{path}: no such file", path=str(path))
     (limits if limits is not None else CsvLimits()).check(path)
-    frame = read_frame(path)
-    if frame.shape[0] == 0:
+    reader = _FeatureReader(path, label, features, drop, fill_missing, id_column)
+    keep_ids = reader.id_column is not None
+    labels, ids, parts = [], [], {name: [] for name in reader.candidates}
+    for start, chunk in iter_chunks(path, usecols=reader.usecols, chunk_rows=chunk_rows):
+        labels.append(parse_labels(chunk[label], path))
+        if keep_ids:
+            ids.extend(chunk[reader.id_column].astype(str).tolist())
+        for name, values in reader.values(start, chunk).items():
+            parts[name].append(values.astype(np.float32))
+    if not sum(len(part) for part in labels):
         raise DataError(f"{path}: the file has a header but no rows", path=str(path))
-    choice = _choose(frame, path, label, features, drop, id_column)
-    y = parse_labels(frame[label], path)
-    X = np.empty((len(frame), len(choice.features)), dtype=np.float64)
+    choice = reader.choice()
+    y = np.concatenate(labels)
+    X = np.empty((len(y), len(choice.features)), dtype=np.float32)
     for j, name in enumerate(choice.features):
-        X[:, j] = parse_numbers(frame[name], path, name, fill_missing)
+        X[:, j] = np.concatenate(parts.pop(name))
     if require_both_classes:
         _both_classes(y, path, label)
-    ids = (frame[choice.id_column].astype(str).tolist() if choice.id_column is not None
-           else [str(i) for i in range(len(frame))])
-    return Dataset(X.astype(np.float32), y, list(choice.features), ids, str(path))
+    return Dataset(X, y, list(choice.features), ids if keep_ids else [str(i) for i in range(len(y))], str(path))
 
 
-def _choose(frame: pd.DataFrame, path: Path, label: str, features, drop, id_column) -> cols.FeatureChoice:
-    """The feature choice for ``frame``; listed features are only checked to exist (their cells
-    are converted, with precise errors, by the caller)."""
-    if label not in frame.columns:
-        raise DataError(f"{path}: label column {label!r} not found; columns are {list(frame.columns)}",
-                        path=str(path), column=label)
-    if id_column is None and schema.ADDRESS in frame.columns and schema.ADDRESS != label:
-        id_column = schema.ADDRESS
-    if id_column is not None and id_column not in frame.columns:
-        raise DataError(f"{path}: id column {id_column!r} not found", path=str(path), column=id_column)
-    drop = [d.strip() for d in drop]
-    if features is not None:
-        for name in list(features) + drop:
-            if name not in frame.columns:
-                raise DataError(f"{path}: feature column {name!r} not found; columns are {list(frame.columns)}",
+class _FeatureReader:
+    """The float64 values of the feature columns, chunk by chunk, and the feature choice at the
+    end: the listed ``features`` (minus ``drop``), or every column that may still be one, profiled
+    as it goes; a column that turns out to be text, or holds a blank without a fill, stops being
+    converted and, if the rules still choose it, :meth:`choice` raises the error naming its line."""
+
+    def __init__(self, path: Path, label: str, features, drop, fill, id_column):
+        self.path, self.label, self.fill = path, label, fill
+        header = read_header(path)
+        if label not in header:
+            raise DataError(f"{path}: label column {label!r} not found; columns are {header}", path=str(path),
+                            column=label)
+        if id_column is None and schema.ADDRESS in header and schema.ADDRESS != label:
+            id_column = schema.ADDRESS
+        if id_column is not None and id_column not in header:
+            raise DataError(f"{path}: id column {id_column!r} not found", path=str(path), column=id_column)
+        self.id_column = id_column
+        self.drop = [d.strip() for d in drop]
+        for name in list(features or ()) + self.drop:
+            if name not in header:
+                raise DataError(f"{path}: feature column {name!r} not found; columns are {header}",
                                 path=str(path), column=name)
-        chosen = tuple(f for f in features if f not in drop)
-        if not chosen:
-            raise DataError(f"{path}: no feature columns left after --drop", path=str(path))
-        return cols.FeatureChoice(chosen, id_column, ())
-    profiles = cols.profile_frame(frame)
-    return cols.choose_features(profiles, label, drop=drop, id_column=id_column, source=str(path))
+        if features is not None:
+            self.candidates = [f for f in features if f not in self.drop]
+            if not self.candidates:
+                raise DataError(f"{path}: no feature columns left after --drop", path=str(path))
+            self.profiler = None
+            self.usecols = list(dict.fromkeys([*self.candidates, label, *([id_column] if id_column else [])]))
+        else:
+            self.candidates = [c for c in header if c != label]
+            self.profiler = cols.Profiler(header, track_unique=False)
+            self.usecols = header
+        self.live = dict.fromkeys(self.candidates, True)
+
+    def values(self, start: int, chunk: pd.DataFrame) -> dict[str, np.ndarray]:
+        out, numbers = {}, {}
+        for name in self.candidates:
+            if not self.live[name]:
+                continue
+            if self.profiler is None:
+                out[name] = parse_numbers(chunk[name], self.path, name, self.fill)
+                continue
+            values = numbers[name] = pd.to_numeric(chunk[name], errors="coerce")
+            blank = chunk[name].isna()
+            if (values.isna() & ~blank).any() or (blank.any() and self.fill is None):
+                self.live[name] = False             # text, a typo, or a blank without a fill: see choice()
+                continue
+            values = (values.fillna(float(self.fill)) if blank.any() else values).to_numpy(np.float64)
+            if not np.isfinite(values).all():       # ^ what parse_numbers gives for these cells
+                self.live[name] = False
+                continue
+            out[name] = values
+        if self.profiler is not None:
+            self.profiler.update(chunk, start, numbers)
+        return out
+
+    def choice(self) -> cols.FeatureChoice:
+        if self.profiler is None:
+            return cols.FeatureChoice(tuple(self.candidates), self.id_column, ())
+        choice = cols.choose_features(self.profiler.result(), self.label, drop=self.drop, id_column=self.id_column,
+                                      source=str(self.path))
+        for name in choice.features:
+            if not self.live[name]:                 # raise the cell's own error, naming its line
+                for _, chunk in iter_chunks(self.path, usecols=[name]):
+                    parse_numbers(chunk[name], self.path, name, self.fill)
+                raise DataError(f"{self.path}: column {name!r} could not be read as numbers",
+                                path=str(self.path), column=name)
+        return choice
 
 
 def _both_classes(y: np.ndarray, path: Path, label: str) -> None:
@@ -228,79 +282,32 @@ def stream_feature_stats(path: str | Path, label: str, rows: np.ndarray | None =
     Bitwise equal to ``FeatureStats.compute(load_csv(...).X[rows], ...)``: the cells go through
     the same conversions (string -> float64 -> float32 -> signed log1p in float64), and the sums
     are kept exact across chunks (:func:`chainfl.data.csvfile.exact_sum_parts`) and rounded once.
-    Without ``features`` the columns are chosen as :func:`load_csv` chooses them, from profiles
-    gathered in the same pass (columns that turn out not to be features are discarded at the end).
+    Without ``features`` the columns are chosen as :func:`load_csv` chooses them.
     """
     path = Path(path)
-    header = read_header(path)
-    if label not in header:
-        raise DataError(f"{path}: label column {label!r} not found; columns are {header}", path=str(path),
-                        column=label)
-    drop = [d.strip() for d in drop]
-    for name in list(features or ()) + drop:
-        if name not in header:
-            raise DataError(f"{path}: feature column {name!r} not found; columns are {header}", path=str(path),
-                            column=name)
-    if features is not None:
-        candidates = [f for f in features if f not in drop]
-        if not candidates:
-            raise DataError(f"{path}: no feature columns left after --drop", path=str(path))
-        profiler = None
-        usecols = candidates
-    else:
-        candidates = [c for c in header if c != label]
-        profiler = cols.Profiler(header, track_unique=False)
-        usecols = header
-    mask = FeatureStats.compute(np.zeros((0, len(candidates))), candidates, log).log
-    live = dict.fromkeys(candidates, True)            # still possibly numeric
+    reader = _FeatureReader(path, label, features, drop, fill_missing, None)
+    candidates = reader.candidates
+    mask = dict(zip(candidates, FeatureStats.compute(np.zeros((0, len(candidates))), candidates, log).log))
     sums = {c: [] for c in candidates}
     sumsq = {c: [] for c in candidates}
     count = n_rows = 0
+    usecols = [c for c in reader.usecols if c != label] if reader.profiler is None else reader.usecols
     for start, chunk in iter_chunks(path, usecols=usecols, chunk_rows=chunk_rows):
         n_rows += len(chunk)
         keep = slice(None) if rows is None else _chunk_mask(rows, start, len(chunk), path)
-        numbers = {}
-        for j, name in enumerate(candidates):
-            if not live[name]:
-                continue
-            if profiler is None:
-                values = parse_numbers(chunk[name], path, name, fill_missing)
-            else:
-                values = numbers[name] = pd.to_numeric(chunk[name], errors="coerce")
-                blank = chunk[name].isna()
-                if (values.isna() & ~blank).any() or (blank.any() and fill_missing is None):
-                    live[name] = False            # text, a typo, or a blank without a fill: decided at the end
-                    continue
-                values = values.fillna(float(fill_missing)) if blank.any() else values
-                values = values.to_numpy(np.float64)  # = parse_numbers(...) on these cells
-                if not np.isfinite(values).all():
-                    live[name] = False
-                    continue
+        for name, values in reader.values(start, chunk).items():
             t = values.astype(np.float32).astype(np.float64)[keep]
-            if mask[j]:
+            if mask[name]:
                 t = signed_log1p(t)
             sums[name] = exact_sum_parts(t.tolist(), sums[name])
             sumsq[name] = exact_sum_parts((t * t).tolist(), sumsq[name])
-        if profiler is not None:
-            profiler.update(chunk, start, numbers)
         count += len(chunk) if rows is None else int(np.count_nonzero(keep))
     if n_rows == 0:
         raise DataError(f"{path}: the file has a header but no rows", path=str(path))
     if rows is not None and len(rows) != n_rows:
         raise DataError(f"{path}: the row mask has {len(rows)} entries but the file {n_rows} rows", path=str(path))
-    if profiler is None:
-        choice = cols.FeatureChoice(tuple(candidates), None, ())
-    else:
-        id_column = schema.ADDRESS if schema.ADDRESS in header and schema.ADDRESS != label else None
-        choice = cols.choose_features(profiler.result(), label, drop=drop, id_column=id_column, source=str(path))
-        for name in choice.features:
-            if not live[name]:                         # a blank without a fill, or inf: raise, saying where
-                for _, chunk in iter_chunks(path, usecols=[name], chunk_rows=chunk_rows):
-                    parse_numbers(chunk[name], path, name, fill_missing)
-                raise DataError(f"{path}: column {name!r} could not be read as numbers", path=str(path),
-                                column=name)
-    index = [candidates.index(n) for n in choice.features]
-    stats = FeatureStats(tuple(choice.features), tuple(mask[i] for i in index), count,
+    choice = reader.choice()
+    stats = FeatureStats(tuple(choice.features), tuple(mask[n] for n in choice.features), count,
                          tuple(math.fsum(sums[n]) for n in choice.features),
                          tuple(math.fsum(sumsq[n]) for n in choice.features))
     return StreamedStats(stats, choice, n_rows)

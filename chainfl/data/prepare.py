@@ -41,7 +41,7 @@ import pandas as pd
 
 from chainfl.data import columns as cols
 from chainfl.data.partition import partition as split_indices
-from chainfl.data.csvfile import CsvLimits, parse_labels, parse_numbers, read_frame, record_line
+from chainfl.data.csvfile import PREPARE_LIMITS, CsvLimits, parse_labels, parse_numbers, read_frame, record_line
 from chainfl.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -363,11 +363,12 @@ def _sha256(path: Path) -> str:
 
 
 def prepare_csv(path: str | Path, label: str, cfg: PrepareConfig, limits: CsvLimits | None = None) -> Prepared:
-    """Read a labelled CSV whole (within ``limits``) and :func:`prepare_frame` it."""
+    """Read a labelled CSV whole (within ``limits``, default :data:`PREPARE_LIMITS`) and
+    :func:`prepare_frame` it."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file", path=str(path))
-    (limits if limits is not None else CsvLimits()).check(path)
+    (limits if limits is not None else PREPARE_LIMITS).check(path)
     frame = read_frame(path)
     info = {"path": str(path), "sha256": _sha256(path), "bytes": path.stat().st_size}
     return prepare_frame(frame, label, cfg, source=str(path), path=path, source_info=info)

@@ -52,6 +52,17 @@ def test_streamed_stats_equal_in_memory_stats_exactly(tmp_path, chunk_rows, log)
                                                 log if log != ["amount"] else ["amount"])
 
 
+def test_load_csv_gives_the_same_dataset_whatever_the_chunk_size(tmp_path):
+    path = _csv(tmp_path, blanks=True)
+    whole = load_csv(path, "label", fill_missing=0.0, chunk_rows=10**6)
+    for size in (1, 13, 400):
+        part = load_csv(path, "label", fill_missing=0.0, chunk_rows=size)
+        assert part.feature_names == whole.feature_names == ["amount", "count", "tiny"]
+        assert part.ids == whole.ids and part.ids[0] == f"0x{0:040x}"
+        np.testing.assert_array_equal(part.X, whole.X)
+        np.testing.assert_array_equal(part.y, whole.y)
+
+
 def test_streamed_stats_with_fill_and_drop(tmp_path):
     path = _csv(tmp_path, blanks=True)
     with pytest.raises(DataError, match=r"column 'amount' line \d+ is empty; fill it, or pass --fill VALUE"):

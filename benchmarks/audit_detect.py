@@ -27,11 +27,12 @@ import numpy as np
 
 from benchmarks._common import Table, log, median, repeat, write_results
 from chainfl.agents.spec import TaskSpec
-from chainfl.aggregation.strategies import Update, get_strategy
+from chainfl.aggregation.decision import Candidate, decide_round
+from chainfl.aggregation.strategies import get_strategy
 from chainfl.audit import audit_task
 from chainfl.audit.history import load_history
 from chainfl.chain import connect
-from chainfl.chain.registry import Mode, Registry
+from chainfl.chain.registry import Mode, Registry, RoundDecision
 from chainfl.data.schema import DERIVED_FROM_CHAIN
 from chainfl.learning.models import ModelConfig, build_model, flatten, get_state, unflatten
 from chainfl.storage import open_store
@@ -69,12 +70,13 @@ def record_chained(chain, store, handoffs: int, n_nodes: int = 10) -> tuple[Regi
     state = get_state(build_model(MODEL, len(FEATURES), 0))
     head_d, head_cid = _put(store, state, {"kind": "initial"})
     task = registry.create_task(digest(spec_blob), store.put(spec_blob), Mode.CHAINED, head_d, head_cid,
-                                nodes[0], coord)
+                                nodes, coord)
     rng = np.random.default_rng(0)
     vec = flatten(state)
     for i in range(handoffs):
         vec = (vec + rng.normal(scale=1e-3, size=vec.size)).astype(np.float32)
-        d, cid = _put(store, unflatten(vec, state), {"kind": "handoff", "step": i})
+        d, cid = _put(store, unflatten(vec, state), {"kind": "handoff", "task": task,
+                                                     "node": nodes[i % n_nodes].address, "step": i})
         registry.record_handoff(task, head_d, d, cid, 100, 0.5, nodes[(i + 1) % n_nodes], nodes[i % n_nodes],
                                 gas=GAS)
         head_d = d
@@ -90,24 +92,24 @@ def record_federated(chain, store, n_nodes: int, rounds: int, strategy_name: str
     spec_blob = spec.to_bytes()
     state = get_state(build_model(MODEL, len(FEATURES), 0))
     g_d, g_cid = _put(store, state, {"kind": "initial"})
-    task = registry.create_task(digest(spec_blob), store.put(spec_blob), Mode.FEDERATED, g_d, g_cid, None, coord)
+    task = registry.create_task(digest(spec_blob), store.put(spec_blob), Mode.FEDERATED, g_d, g_cid, nodes, coord)
     rng = np.random.default_rng(1)
     for r in range(1, rounds + 1):
         registry.open_round(task, chain.latest_timestamp() + 3600, coord)
         ref = flatten(state)
-        updates = []
+        candidates = []
         for i, node in enumerate(nodes):
             vec = (ref + rng.normal(scale=1e-2, size=ref.size)).astype(np.float32)
-            d, cid = _put(store, unflatten(vec, state), {"kind": "update", "round": r})
+            meta = {"kind": "update", "task": task, "node": node.address, "step": r}
+            d, cid = _put(store, unflatten(vec, state), meta)
             samples = int(50 + 10 * i)
             registry.submit_update(task, r, g_d, d, cid, samples, 0.5, node, gas=GAS)
-            updates.append(Update(node=node.address, digest=d, state_vec=vec, n_samples=samples))
-        result = strategy.aggregate(updates, reference=ref)
-        for n in result.flagged:
-            registry.flag_update(task, r, n, "screened out", coord)
-        state = unflatten(result.vector, state)
+            candidates.append(Candidate(node.address, d, samples, vector=vec, meta=meta))
+        outcome = decide_round(candidates, strategy, task_id=task, round_=r, reference=ref)
+        state = unflatten(outcome.vector, state)
         g_d, g_cid = _put(store, state, {"kind": "aggregate", "round": r})
-        registry.finalize_round(task, r, g_d, g_cid, result.included, coord)
+        registry.finalize_round(task, r, g_d, g_cid, RoundDecision(outcome.included, outcome.excluded,
+                                                                   outcome.flagged), coord)
         log(f"  round {r}/{rounds} recorded")
     return registry, task
 

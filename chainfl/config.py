@@ -35,6 +35,21 @@ def home_dir() -> Path:
     return _env_path("CHAINFL_HOME", Path.cwd() / ".chainfl")
 
 
+def writable_dir(path: Path | str, what: str = "directory") -> Path:
+    """``path`` as an existing, writable directory (created if missing); ConfigError naming the
+    problem and the fix otherwise (CHAINFL_HOME below a file, a read-only disk, no permission)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".chainfl-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write the {what} {path} ({e.strerror or e}); set CHAINFL_HOME to a writable "
+                          f"directory (now {home_dir()}) or pass another location") from e
+    return path
+
+
 def default_rpc() -> str:
     return os.environ.get("CHAINFL_RPC", "eth-tester://")
 

@@ -101,9 +101,13 @@ def load_model(store, cid: str, expected_digest: bytes, spec: TaskSpec, timeout:
     return OrderedDict((name, state[name]) for name in expected), meta   # the model's own order
 
 
+#: Largest task spec read (a spec of 512 nodes with their sample counts is ~100 kB).
+MAX_SPEC_BYTES = 4 * 2**20
+
+
 def load_spec(store, cid: str, expected_digest: bytes, timeout: float = 30.0) -> TaskSpec:
     """Fetch the task config blob, verify it against the digest on chain, parse it."""
-    return TaskSpec.from_bytes(fetch_verified(store, cid, expected_digest, timeout=timeout))
+    return TaskSpec.from_bytes(fetch_verified(store, cid, expected_digest, timeout=timeout, max_bytes=MAX_SPEC_BYTES))
 
 
 def node_seed(spec: TaskSpec, node_index: int, step: int) -> int:

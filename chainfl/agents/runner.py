@@ -325,8 +325,7 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
 
     limit_torch_threads()
     started = time.monotonic()
-    run_dir = Path(out) if out else default_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = config.writable_dir(Path(out) if out else default_run_dir(cfg), "run directory")
     timings: dict[str, float] = {}
     chain_url = cfg.rpc or config.default_rpc()
     store = open_store(cfg.store)

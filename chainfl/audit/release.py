@@ -126,8 +126,10 @@ def _evidence(a, info: dict, released: bytes):
     closed = a.h.closed
     if closed.evidence_digest is None:
         return None
+    from chainfl.agents.modelio import MAX_SPEC_BYTES
+
     try:
-        blob = a.cache.blob(closed.evidence_digest, closed.evidence_cid or "")
+        blob = a.cache.blob(closed.evidence_digest, closed.evidence_cid or "", max_bytes=MAX_SPEC_BYTES)
         task_id, model, reports = parse_evidence(blob)
     except BlobProblem as p:
         a.violate(p.kind, f"release evidence: {p.message}", node=closed.by, cid=closed.evidence_cid)

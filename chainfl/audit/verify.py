@@ -239,9 +239,11 @@ class Auditor:
     def load_spec(self) -> None:
         from chainfl.agents.spec import TaskSpec
 
+        from chainfl.agents.modelio import MAX_SPEC_BYTES
+
         c = self.h.created
         try:
-            data = self.cache.blob(c.config_digest, c.config_cid)
+            data = self.cache.blob(c.config_digest, c.config_cid, max_bytes=MAX_SPEC_BYTES)
             self.spec = TaskSpec.from_bytes(data)
         except BlobProblem as p:
             self.spec_unseen = p.unseen

@@ -108,9 +108,17 @@ def deploy_registry(chain, admin=None, home=None, force: bool = False) -> tuple[
                 return Registry.at(chain, entry["address"]), entry, False
             except DeploymentError:
                 pass  # recorded, but the code is gone or different: deploy again
+    from chainfl import config
+
+    config.writable_dir(_file(home).parent, "deployments directory")   # before spending gas on a deploy
     admin = admin or chain.accounts[0]
     registry = Registry.deploy(chain, admin)
-    entry = record_deployment(chain, registry, getattr(registry, "deployment_receipt", None), home)
+    try:
+        entry = record_deployment(chain, registry, getattr(registry, "deployment_receipt", None), home)
+    except OSError as e:
+        raise DeploymentError(f"deployed a registry at {registry.address} on {chain.url} but could not record it in "
+                              f"{_file(home)} ({e.strerror or e}); pass --registry {registry.address} (or set "
+                              f"CHAINFL_REGISTRY) to later commands") from e
     return registry, entry, True
 
 

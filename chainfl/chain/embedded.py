@@ -297,7 +297,9 @@ class EmbeddedEVM:
         self._lock_fd: int | None = None
         self._kv: SqliteKV | None = None
         if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
+            from chainfl import config
+
+            config.writable_dir(directory, "embedded chain directory")
             self._acquire_lock(directory / LOCK_FILE)
             try:
                 self._kv = SqliteKV(directory / DB_FILE)

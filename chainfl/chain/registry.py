@@ -222,7 +222,7 @@ GAS_LIMITS: dict[str, int] = {
     "openRound": 120_000, "submitUpdate": 150_000, "finalizeRound": 150_000, "abandonRound": 120_000,
 }
 GAS_PER_REASON_BYTE = 64
-GAS_PER_TASK_NODE = 60_000        # createTask: one seat slot per node (~25k measured)
+GAS_PER_TASK_NODE = 40_000        # createTask: one seat slot per node (25.7k measured; 512 nodes fit a 30M block)
 GAS_PER_DECIDED_NODE = 8_000      # finalize/abandon: per decided node (~2.7k measured)
 GAS_PER_FLAG = 30_000             # ... plus per flag (counter + event, ~8k measured)
 

@@ -46,6 +46,13 @@ class _Group(click.Group):
         except ChainflError as e:
             click.secho(f"Error: {e}", fg="red", err=True)
             ctx.exit(1)
+        except OSError as e:      # a file chainfl had to read or write: name it, not a traceback
+            from chainfl import config
+
+            where = f" {e.filename}" if getattr(e, "filename", None) else ""
+            click.secho(f"Error: cannot use{where}: {e.strerror or e}. Check that the path exists and is writable "
+                        f"(CHAINFL_HOME is {config.home_dir()}).", fg="red", err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -74,10 +74,13 @@ class World:
         return [e.args for e in self.registry.events(0, None, task_id=task_id, names=[name])]
 
 
-def make_world(tmp_path, n: int = 3, rows: int = 900) -> World:
-    chain = connect("eth-tester://memory")
+def make_world(tmp_path, n: int = 3, rows: int = 900, chain_url: str = "eth-tester://memory",
+               store_url: str | None = None) -> World:
+    """``n`` nodes (dev accounts 1..n) on a fresh registry; the embedded chain and store unless
+    ``chain_url`` / ``store_url`` name real daemons (Anvil, the IPFS daemon)."""
+    chain = connect(chain_url)
     registry = Registry.deploy(chain, chain.accounts[0])
-    store = open_store((tmp_path / "store").as_uri())
+    store = open_store(store_url or (tmp_path / "store").as_uri())
     datas, test = node_datasets(n, rows)
     return World(chain, registry, store, MemoryReportBox(), datas, [chain.account(i + 1) for i in range(n)],
                  chain.accounts[0], test)

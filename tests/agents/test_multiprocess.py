@@ -26,11 +26,11 @@ N_NODES, ROUNDS = 5, 3
 CLI = [sys.executable, "-c", "from chainfl.cli import main; main()"]
 
 
-def _write_node_csvs(tmp_path) -> list:
+def _write_node_csvs(tmp_path, n_nodes: int = N_NODES) -> list:
     X, y = make_classification(n_samples=1000, n_features=6, n_informative=4, weights=[0.8], class_sep=1.5,
                                random_state=1)
     paths = []
-    for k, idx in enumerate(np.array_split(np.arange(1000), N_NODES)):
+    for k, idx in enumerate(np.array_split(np.arange(1000), n_nodes)):
         frame = pd.DataFrame(X[idx] * 10, columns=[f"f{i}" for i in range(6)])
         frame["is_fraud"] = y[idx]
         path = tmp_path / f"node{k}.csv"

@@ -79,14 +79,24 @@ def plot_nodes(per_node: list[dict], path: Path, mode: str = "chained") -> Path:
 
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.4, 0.25 * len(per_node) + 2), 5.0), sharex=True)
     xs = [r["node"] for r in per_node]
-    colors = ["tab:red" if r.get("malicious") else "tab:blue" for r in per_node]
-    ax1.bar(xs, [r.get("samples", 0) for r in per_node], color=colors)
-    ax1.set_ylabel("samples trained")
-    ax1.set_title("per-node contributions (red: malicious)")
-    bad = [r.get("flags", 0) if mode == "federated" else r.get("rejections_received", 0) for r in per_node]
+    malicious = [bool(r.get("malicious")) for r in per_node]
+    colors = ["tab:red" if m else "tab:blue" for m in malicious]
+    samples = [r.get("samples", 0) for r in per_node]
+    ax1.bar(xs, samples, color=colors)
+    ax1.set_ylabel("samples claimed")
+    positive = sorted(v for v in samples if v > 0)
+    if positive and positive[-1] > 10 * positive[len(positive) // 2]:
+        ax1.set_yscale("log")              # an inflated claim would flatten every other bar
+    ax1.set_title("per-node contributions" + (" (red: malicious)" if any(malicious) else ""))
+    bad = [r.get("flags", 0) + r.get("refused", 0) if mode == "federated" else r.get("rejections_received", 0)
+           for r in per_node]
     ax2.bar(xs, bad, color=colors)
-    ax2.set_ylabel("updates flagged" if mode == "federated" else "handoffs rejected")
+    ax2.set_ylabel("flagged or refused" if mode == "federated" else "handoffs rejected")
     ax2.set_xlabel("node")
+    ax2.set_xticks(xs)
+    for label, m in zip(ax2.get_xticklabels(), malicious):   # a node with nothing to show is still marked
+        if m:
+            label.set_color("tab:red")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -27,3 +27,13 @@ def resolve_store(store: str | None) -> str:
 
 def echo_json(obj) -> None:
     click.echo(_json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def console():
+    """A rich console on stdout: the terminal's width, or 200 columns when piped, so that
+    addresses, CIDs and paths are never cut (tables also fold, never truncate, long values)."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(soft_wrap=True) if sys.stdout.isatty() else Console(width=200)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from chainfl.cli._common import echo_json, json_option, resolve_rpc, resolve_store, rpc_option, store_option
+from chainfl.cli._common import (console, echo_json, json_option, resolve_rpc, resolve_store, rpc_option,
+                                 store_option)
 from chainfl.errors import ConfigError
 
 registry_option = click.option(
@@ -28,15 +29,6 @@ def resolve_registry(chain, address: str | None):
         raise ConfigError(f"no registry address: pass --registry ADDRESS (or set CHAINFL_REGISTRY), or "
                           f"deploy one on {chain.url} with `chainfl deploy`")
     return Registry.at(chain, address)
-
-
-def console():
-    """A rich console on stdout: the terminal's width, or 200 columns when piped (full addresses)."""
-    import sys
-
-    from rich.console import Console
-
-    return Console(soft_wrap=True) if sys.stdout.isatty() else Console(width=200)
 
 
 @click.command("audit")

@@ -5,18 +5,17 @@ from __future__ import annotations
 import click
 
 from chainfl.cli._columns import column_options, limit_options, names
-from chainfl.cli._common import echo_json, json_option, rpc_option, store_option
+from chainfl.cli._common import console, echo_json, json_option, rpc_option, store_option
 
 
 def _table(result) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     c = result.config
     t = result.test
     table = Table(title=f"chainfl run — task {result.task_id} ({c.mode})", show_header=True)
-    table.add_column("setting / metric")
-    table.add_column("value", justify="right")
+    table.add_column("setting / metric", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
     rows = [
         ("nodes x rounds", f"{c.nodes} x {c.rounds}"),
         ("strategy" if c.mode == "federated" else "validation gate",
@@ -35,13 +34,24 @@ def _table(result) -> None:
     flagged = sum(r["flags"] for r in result.per_node)
     bad_caught = sum(r["rejections_received"] + r["flags"] for r in result.per_node if r["malicious"])
     rows.append(("rejections / flags on chain", f"{rejected} / {flagged} ({bad_caught} on malicious nodes)"))
+    refused = sum(r.get("refused", 0) for r in result.per_node)
+    if refused:
+        rows.append(("submissions refused on chain", f"{refused} (outsiders: not nodes of the task)"))
     if result.audit is not None:
         rows.append(("audit", "ok" if result.audit.get("ok") else f"{len(result.audit.get('violations', []))} violation(s)"))
+        bad = result.audit.get("misbehaving") or {}
+        if bad:
+            kinds: dict[str, int] = {}
+            for per in bad.values():
+                for k, n in per.items():
+                    kinds[k] = kinds.get(k, 0) + n
+            rows.append(("handled misbehaviour", f"{_nodes(len(bad))}: "
+                         + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items()))))
     rows += [("release CID", result.release_cid), ("registry", result.registry),
              ("time (s)", f"{result.timings.get('total', 0):.1f}"), ("run directory", str(result.run_dir))]
     for k, v in rows:
         table.add_row(k, str(v))
-    Console().print(table)
+    console().print(table)
 
 
 def _nodes(n: int) -> str:
@@ -130,6 +140,10 @@ def run_cmd(mode, nodes, rounds, strategy, no_gate, partition_, alpha, attack, m
         echo_json(result.to_dict())
     else:
         _table(result)
+    if result.audit is not None and not result.audit.get("ok"):
+        for v in result.audit.get("violations", []):
+            click.secho(f"VIOLATION {v.get('text', v)}", fg="red", err=True)
+        click.get_current_context().exit(1)      # its own audit failed: the release must not be trusted
 
 
 commands = [run_cmd]

@@ -78,3 +78,54 @@ def test_run_default_simulation_evaluates_on_a_new_persisted_chain(chainfl_home,
         assert chain.block_number() >= res["data"]["eval_blocks"][1]
         tx = chain.w3.eth.get_block(res["data"]["eval_blocks"][1], full_transactions=True)["transactions"]
         assert len(tx) > 0
+
+
+@pytest.mark.parametrize("attack", ["copy", "outsider", "inflated", "unresolvable"])
+def test_run_with_each_protocol_attack_exits_0_with_the_audit_ok_and_the_attackers_listed(
+        chainfl_home, labelled_csv, tmp_path, attack):
+    result = CliRunner().invoke(main, ["run", "--data", str(labelled_csv), "--label", "label", "--mode", "federated",
+                                       "--nodes", "10", "--rounds", "3", "--epochs", "1", "--attack", attack,
+                                       "--out", str(tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.output
+    res = json.loads(result.output[result.output.index("{"):])
+    assert res["audit"]["ok"] is True
+    attackers = set(res["data"]["malicious"])
+    assert len(attackers) == 2
+    if attack == "outsider":            # refused on chain: never in the task's history
+        assert sum(n["refused"] for n in res["per_node"] if n["outsider"]) == 2 * 3
+        assert res["audit"]["misbehaving"] == {}
+        assert [n["included"] for n in res["per_node"] if not n["outsider"]] == [3] * 10
+    else:
+        code = {"copy": "copy", "inflated": "samples", "unresolvable": "unavailable"}[attack]
+        assert res["audit"]["misbehaving"] == {a: {f"flagged:{code}": 3} for a in attackers}
+
+
+@pytest.mark.parametrize("strategy", ["krum", "multi-krum"])
+def test_run_with_the_krum_family_passes_its_own_audit(chainfl_home, labelled_csv, tmp_path, strategy):
+    result = CliRunner().invoke(main, ["run", "--data", str(labelled_csv), "--label", "label", "--mode", "federated",
+                                       "--strategy", strategy, "--nodes", "5", "--rounds", "1", "--epochs", "1",
+                                       "--out", str(tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.output
+    res = json.loads(result.output[result.output.index("{"):])
+    assert res["audit"]["ok"] is True and res["audit"]["violations"] == []
+
+
+def test_run_exits_1_when_its_own_audit_fails(chainfl_home, labelled_csv, tmp_path, monkeypatch):
+    from chainfl.agents import runner
+
+    monkeypatch.setattr(runner, "_audit", lambda *a, **k: {"ok": False, "misbehaving": {},
+                                                            "violations": [{"text": "[aggregate-mismatch] made up"}]})
+    result = CliRunner().invoke(main, ["run", "--data", str(labelled_csv), "--label", "label", "--nodes", "2",
+                                       "--rounds", "1", "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "VIOLATION [aggregate-mismatch] made up" in result.output
+
+
+def test_run_table_is_not_cut_when_piped(chainfl_home, labelled_csv, tmp_path):
+    out = tmp_path / "a-run-directory-with-a-rather-long-name-so-that-80-columns-would-cut-it"
+    result = CliRunner().invoke(main, ["run", "--data", str(labelled_csv), "--label", "label", "--nodes", "2",
+                                       "--rounds", "1", "--epochs", "1", "--quiet", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output and str(out) in result.output
+    cid = [line for line in result.output.splitlines() if "release CID" in line][0]
+    assert "bafk" in cid and len(cid.split("│")[2].strip()) == 59

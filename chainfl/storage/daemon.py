@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from chainfl.errors import StoreUnavailableError
+from chainfl.errors import ChainflError, StoreUnavailableError
 from chainfl.tools import find_tool
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=5002, help="RPC API port (default 5002)")
     args = parser.parse_args(argv)
     daemon = IpfsDaemon(args.repo, api_port=args.port)
-    daemon.start()
+    try:
+        daemon.start()
+    except ChainflError as e:          # e.g. js-ipfs not installed: one line, not a traceback
+        raise SystemExit(f"Error: {e}") from None
     print(f"IPFS daemon ready: --store {daemon.url}  (repo {daemon.repo_dir}; Ctrl-C stops it)", flush=True)
     def _interrupt(*_):
         raise KeyboardInterrupt

@@ -138,9 +138,8 @@ class IpfsStore:
 
     def _unavailable(self, e: Exception) -> StoreUnavailableError:
         return StoreUnavailableError(
-            f"No IPFS API at {self.host}:{self.port} — start a daemon (`python -m "
-            f"chainfl.storage.daemon`, js-ipfs on 5002; or Kubo on 5001) or use the embedded "
-            f"store: --store file://DIR. ({type(e).__name__})")
+            f"No IPFS API at {self.host}:{self.port} — start a daemon (`chainfl ipfs up`: js-ipfs on "
+            f"5002; or Kubo on 5001) or use the embedded store: --store file://DIR. ({type(e).__name__})")
 
     def _call(self, what: str, fn, *, cid: str, timeout: float | None = None):
         try:

@@ -315,7 +315,7 @@ def choose_features(profiles: dict[str, ColumnProfile], label: str, *,
             if name not in chosen and name not in (label, ident):
                 dropped.append((name, "dropped by --drop" if name in drop else "not listed in --features"))
         if ident is not None:
-            dropped.insert(0, (ident, "id column (kept in node files as the row ids)"))
+            dropped.insert(0, (ident, "id column (the rows' ids, kept beside the features)"))
         if not chosen:
             raise DataError(f"{where}no feature columns left after --features/--drop", path=source or None)
         return FeatureChoice(tuple(chosen), ident, tuple(dropped), tuple(text))
@@ -325,7 +325,7 @@ def choose_features(profiles: dict[str, ColumnProfile], label: str, *,
         if name == label:
             continue
         if name == ident:
-            dropped.append((name, "id column (kept in node files as the row ids)"))
+            dropped.append((name, "id column (the rows' ids, kept beside the features)"))
         elif name in drop:
             dropped.append((name, "dropped by --drop"))
         elif (reason := id_reason(p)) is not None:

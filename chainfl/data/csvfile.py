@@ -34,12 +34,12 @@ class CsvLimits:
     """Caps on a CSV read into memory; ``None`` = no cap.
 
     ``load_csv`` (training data) converts the file chunk by chunk, so its peak is about twice the
-    file (the float32 matrix, the ids as strings, one chunk: 0.53 GB for a 256 MiB file, in
-    benchmarks/results/csv_memory.md); the defaults keep it near 2 GB, inside a common 8 GB machine
-    with room for training. 2,000,000 rows is 200x the real data (9,841 rows) and a 400 MB float32
-    matrix at 50 features. ``data prepare`` keeps every cell as text while it works (about 5x the
-    file), so it caps at :data:`PREPARE_LIMITS` (512 MiB) by default. ``chainfl node stats``
-    streams and needs no cap.
+    file (the float32 matrix, the ids as strings, one chunk: 1.9 GB for a 1 GiB file, measured in
+    benchmarks/results/csv_memory.md); the 1 GiB default keeps it near 2 GB, inside a common 8 GB
+    machine with room for training. 2,000,000 rows is 200x the real data (9,841 rows) and a 400 MB
+    float32 matrix at 50 features. ``data prepare`` keeps every cell as text while it works (about
+    8.5x the file: 2.2 GB for 256 MiB), so it caps at :data:`PREPARE_LIMITS` (512 MiB, ~4.3 GB) by
+    default. ``chainfl node stats`` streams and needs no cap (0.2 GB for a 2 GiB file).
     """
 
     max_bytes: int | None = 1 << 30         # file size, bytes (1 GiB)

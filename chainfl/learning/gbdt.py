@@ -635,3 +635,142 @@ def with_rounds_budget(cfg: GBDTConfig, rounds: int) -> GBDTConfig:
         else:
             hi = mid - 1
     return replace(cfg, n_trees=lo, concurrent_trees=min(cfg.concurrent_trees, lo))
+
+
+# --- peer validation: what one update alone implies -------------------------------------------
+
+CANDIDATE_MODES = ("own", "share", "loo")
+
+
+def candidate_values(cfg: GBDTConfig, state: Mapping[str, np.ndarray], tentative: Mapping[str, np.ndarray],
+                     vec: np.ndarray, total: np.ndarray | None = None, mode: str = "own") -> np.ndarray:
+    """The step one node's update implies, on the round's tentative structure.
+
+    ``tentative`` is :func:`coordinator_step` of ``total``, the sum of *all* submitted updates
+    (the split every open slot would get). For each block ``(t, level)`` of the round, a value
+    for both children where the tentative state splits a slot and for the slot itself where it
+    becomes a leaf. Returns float32 ``[n_blocks, slots]`` (0 elsewhere): the candidate a peer
+    scores with :func:`candidate_margins`. A node with no rows in a slot implies 0 there.
+
+    ``mode``: "own" = the Newton values ``-lr * G_j / (H_j + lambda)`` of the candidate's sums
+    alone; "share" = its share of the aggregate step, ``-lr * G_j / (H_all + lambda)`` (the
+    shares of all nodes add up to the step); "loo" = what it changes in the aggregate step,
+    ``step(all) - step(all without j)``."""
+    if mode not in CANDIDATE_MODES:
+        raise LearningError(f"unknown candidate mode {mode!r}; use one of {CANDIDATE_MODES}")
+    if mode != "own" and total is None:
+        raise LearningError(f"candidate mode {mode!r} needs total= (the sum of all updates)")
+    out = np.zeros((len(blocks(cfg, state)), cfg.slots), dtype=np.float32)
+    if phase(state) != "grow":
+        return out
+    off, _ = _bin_offsets(state)
+    nb = np.asarray(state["n_edges"], dtype=np.int64) + 1
+    mine = [_real_units(cfg, h) for _, _, h in _blocks_view(cfg, state, vec)]
+    alls = mine if total is None else [_real_units(cfg, h) for _, _, h in _blocks_view(cfg, state, total)]
+    lam, lr = cfg.reg_lambda, cfg.learning_rate
+
+    def value(side, all_side):
+        if mode == "own":
+            return _newton(cfg, side[0], side[1])
+        if mode == "share":
+            return -lr * side[0] / (all_side[1] + lam)
+        return _newton(cfg, all_side[0], all_side[1]) - _newton(cfg, all_side[0] - side[0],
+                                                                all_side[1] - side[1])
+
+    for k, (t, lv) in enumerate(blocks(cfg, state)):
+        h, ha = mine[k], alls[k]
+        for i in range(2 ** lv):
+            slot = 2 ** lv - 1 + i
+            if state["feature"][t][slot] != OPEN:
+                continue
+            f = int(tentative["feature"][t][slot])
+            if f < 0:
+                f0 = slice(off[0], off[0] + nb[0]) if nb.size else slice(0, 0)
+                out[k, slot] = value(h[i, f0].sum(0), ha[i, f0].sum(0))
+                continue
+            seg, sega = h[i, off[f]:off[f] + nb[f]], ha[i, off[f]:off[f] + nb[f]]
+            b = int(tentative["split_bin"][t][slot])
+            out[k, 2 * slot + 1] = value(seg[:b + 1].sum(0), sega[:b + 1].sum(0))
+            out[k, 2 * slot + 2] = value(seg[b + 1:].sum(0), sega[b + 1:].sum(0))
+    return out
+
+
+def candidate_margins(cfg: GBDTConfig, state: Mapping[str, np.ndarray], tentative: Mapping[str, np.ndarray],
+                      values: Sequence[np.ndarray], X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A peer's view of candidates on its own rows: ``(base [n], candidates [c, n])`` log-odds,
+    ``base`` = the finished ensemble (:func:`predict_margin` of ``state``), candidate ``j`` =
+    ``base`` + the values ``values[j]`` (:func:`candidate_values`) of the slot each row reaches in
+    the tentative trees one level down."""
+    base = predict_margin(cfg, state, X)
+    vals = np.stack([np.asarray(v, dtype=np.float64) for v in values]) if len(values) else \
+        np.zeros((0, len(blocks(cfg, state)), cfg.slots))
+    delta = np.zeros((vals.shape[0], base.size))
+    if phase(state) != "grow" or not base.size:
+        return base, base[None, :] + delta
+    Xb = apply_bins(X, edges_of(state))
+    for k, (t, lv) in enumerate(blocks(cfg, state)):
+        # values sit only at this level's slots and their children: rows that stopped higher
+        # up (earlier leaves) gather a 0
+        delta += vals[:, k, _route(tentative, t, Xb, lv + 1)]
+    return base, base[None, :] + delta
+
+
+# --- label-consistency screen: the coordinator's check against label flipping -------------------
+
+@dataclass(frozen=True)
+class ConsistencyScreen:
+    """Exclude an update whose labels disagree with the global model beyond what calibrated
+    labels allow (see :func:`label_consistency`)."""
+
+    threshold: float = 1.0          # chi^2 per row above this: excluded (calibrated labels: <= 0.5)
+    warmup_rounds: int = 2          # growing rounds aggregated before screening starts (at the
+                                    # base score alone every fraud-holding node disagrees)
+    max_exclude_frac: float = 0.5   # never exclude more than this share of a round's updates
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ConsistencyScreen":
+        return cls(**dict(d))
+
+
+def label_consistency(cfg: GBDTConfig, state: Mapping[str, np.ndarray], vec: np.ndarray) -> float:
+    """A node's chi^2 per row: how far its labels disagree with the model its gradients come from.
+
+    Over every cell (block, slot, feature, bin) of the update, ``G^2 / (H + 1/4)`` in real units,
+    averaged over the features (each feature's cells partition the node's rows), divided by the
+    rows per block. If a node's labels were drawn from the model's own probabilities,
+    ``E[G^2] = H`` in every cell, so each row adds at most ``h / (h + 1/4) <= 1/2`` on average
+    whatever its probability; a flipped label where the model is confident adds ~3 (p = 0.05:
+    ``0.95^2 / (0.05 + 0.25)``). Skewed honest nodes stay near the calibrated bound because trees
+    put their rows in cells where the model already agrees with them. Summed with ``math.fsum``
+    (correctly rounded), so every machine gets the same float. 0 outside growing rounds."""
+    import math
+
+    if phase(state) != "grow":
+        return 0.0
+    terms, rows = [], []
+    for _, _, h in _blocks_view(cfg, state, vec):
+        h = _real_units(cfg, h)
+        terms.append((h[..., 0] ** 2 / (h[..., 1] + 0.25)).ravel())
+        rows.append(float(h[..., 2].sum()) / cfg.n_features)
+    total_rows = math.fsum(rows)
+    if total_rows <= 0:
+        return 0.0
+    return math.fsum(math.fsum(t.tolist()) for t in terms) / cfg.n_features / total_rows
+
+
+def screen_by_consistency(cfg: GBDTConfig, state: Mapping[str, np.ndarray], vectors: Sequence[np.ndarray],
+                          names: Sequence[str], screen: ConsistencyScreen = ConsistencyScreen()):
+    """``(excluded names sorted, {name: chi^2 per row})`` for one round's updates. Recomputable
+    from the recorded updates and state; independent of the order of the updates. Beyond the cap
+    the highest scores are excluded first (ties by name)."""
+    if len(set(names)) != len(names) or len(names) != len(vectors):
+        raise LearningError("need one unique name per update")
+    scores = {n: label_consistency(cfg, state, v) for n, v in zip(names, vectors)}
+    if phase(state) != "grow" or int(state["round"][0]) - 1 < screen.warmup_rounds:
+        return [], scores
+    above = sorted((n for n in names if scores[n] > screen.threshold), key=lambda n: (-scores[n], n))
+    cap = int(np.floor(screen.max_exclude_frac * len(names)))
+    return sorted(above[:cap]), scores

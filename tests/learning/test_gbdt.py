@@ -218,3 +218,69 @@ def test_finished_ensemble_takes_no_more_updates():
     assert G.phase(s) == "done" and G.update_size(CFG, s) == 0
     with pytest.raises(LearningError, match="finished"):
         G.node_update(CFG, s, X, y)
+
+
+# --- peer candidates and the label-consistency screen -------------------------------------------
+
+def _separable(n, seed=0):
+    """Labels the features mostly explain (a model becomes confident, as on the real data)."""
+    rng = np.random.default_rng(seed)
+    X = rng.lognormal(0, 1, (n, 5)).astype(np.float32)
+    logit = 4 * (np.log1p(X[:, 0]) - 1.0) + 2 * (X[:, 1] > 1.5)
+    return X, (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+
+
+def _round_with_updates(cfg, parts, rounds):
+    state = G.fit(cfg, parts, max_rounds=rounds)
+    return state, [G.node_update(cfg, state, X, y) for X, y in parts]
+
+
+def test_candidate_values_share_adds_up_to_the_aggregate_and_own_equals_it_for_one_node():
+    X, y = _data()
+    parts = [(X[i], y[i]) for i in partition(y, 4, scheme="dirichlet", alpha=0.5, seed=5)]
+    state, vecs = _round_with_updates(CFG, parts, 3)
+    total = G.sum_updates(vecs)
+    tent = G.coordinator_step(CFG, state, total)
+    shares = sum(G.candidate_values(CFG, state, tent, v, total, "share").astype(np.float64) for v in vecs)
+    own_all = G.candidate_values(CFG, state, tent, total.astype(np.float32))     # "one node" = everyone
+    assert np.allclose(shares * (own_all != 0), own_all, atol=1e-5)
+    loo_all = G.candidate_values(CFG, state, tent, total.astype(np.float32), total, "loo")
+    assert np.allclose(loo_all, own_all, atol=1e-6)
+    # the peer's view: base = the finished ensemble, a candidate adds its values along the tentative tree
+    base, C = G.candidate_margins(CFG, state, tent, [own_all], X[:50])
+    assert np.allclose(base, G.predict_margin(CFG, state, X[:50]))
+    assert C.shape == (1, 50) and not np.allclose(C[0], base)
+
+
+def test_calibrated_labels_stay_under_half_flipped_labels_far_above():
+    X, y = _separable(3000)
+    cfg = replace(CFG, n_trees=8)
+    state = G.fit(cfg, [(X, y)], max_rounds=12)
+    p = 1 / (1 + np.exp(-G.predict_margin(cfg, state, X)))
+    rng = np.random.default_rng(0)
+    y_cal = (rng.random(len(p)) < p).astype(np.int64)       # labels drawn from the model itself
+    cal = [G.label_consistency(cfg, state, G.node_update(cfg, state, X[i], y_cal[i]))
+           for i in np.array_split(np.arange(3000), 10)]
+    assert max(cal) < 0.6 and np.mean(cal) < 0.5
+    flipped = G.label_consistency(cfg, state, G.node_update(cfg, state, X[:300], 1 - y[:300]))
+    honest = G.label_consistency(cfg, state, G.node_update(cfg, state, X[:300], y[:300]))
+    assert flipped > G.ConsistencyScreen().threshold > honest and flipped > 2 * max(cal)
+
+
+def test_screen_excludes_flippers_deterministically_with_warmup_and_cap():
+    X, y = _separable(3000)
+    parts = [(X[i], y[i]) for i in np.array_split(np.arange(3000), 10)]
+    cfg = replace(CFG, n_trees=8)
+    state = G.fit(cfg, parts, max_rounds=12)
+    data = [(Xk, 1 - yk if k in (2, 5) else yk) for k, (Xk, yk) in enumerate(parts)]
+    vecs = [G.node_update(cfg, state, Xk, yk) for Xk, yk in data]
+    names = [f"n{k}" for k in range(10)]
+    ex, scores = G.screen_by_consistency(cfg, state, vecs, names)
+    assert ex == ["n2", "n5"]
+    ex2, scores2 = G.screen_by_consistency(cfg, state, vecs[::-1], names[::-1])
+    assert ex2 == ex and scores2 == scores
+    assert G.screen_by_consistency(cfg, state, vecs, names, G.ConsistencyScreen(max_exclude_frac=0.1))[0] == \
+        [max(("n2", "n5"), key=lambda n: scores[n])]
+    early = G.fit(cfg, parts, max_rounds=2)                 # bins + 1 growing round: still warming up
+    ev = [G.node_update(cfg, early, Xk, yk) for Xk, yk in data]
+    assert G.screen_by_consistency(cfg, early, ev, names)[0] == []

@@ -723,7 +723,7 @@ class ConsistencyScreen:
     labels allow (see :func:`label_consistency`)."""
 
     threshold: float = 1.0          # chi^2 per row above this: excluded (calibrated labels: <= 0.5)
-    warmup_rounds: int = 2          # growing rounds aggregated before screening starts (at the
+    warmup_rounds: int = 5          # growing rounds aggregated before screening starts (at the
                                     # base score alone every fraud-holding node disagrees)
     max_exclude_frac: float = 0.5   # never exclude more than this share of a round's updates
 

@@ -278,11 +278,26 @@ class Coordinator:
             log.warning("task %s round %s abandoned: %s (%s update(s), %s flagged)", self.task_id, r,
                         outcome.abandon_reason, len(candidates), len(outcome.flagged))
             return "abandoned"
-        log.info("task %s round %s: %s update(s), %s included, %s excluded, %s flagged%s, mean loss %s",
-                 self.task_id, r, len(candidates), len(outcome.included), len(outcome.excluded),
-                 len(outcome.flagged), f" ({', '.join(codes)})" if codes else "",
-                 "n/a" if not losses else f"{np.mean(losses):.4f}")
+        quality = self._quality(task.head)
+        self.round_log[r]["validation_f1_of_global"] = quality[0]
+        log.info("task %s round %s: %s update(s), %s included, %s excluded, %s flagged%s, mean loss %s; "
+                 "validation F1 of the round's global model %s", self.task_id, r, len(candidates),
+                 len(outcome.included), len(outcome.excluded), len(outcome.flagged),
+                 f" ({', '.join(codes)})" if codes else "", "n/a" if not losses else f"{np.mean(losses):.4f}",
+                 "n/a (no node reports)" if quality[0] is None else
+                 f"{quality[0]:.3f} ({quality[1]} of {len(spec.nodes)} node report(s))")
         return "finalized"
+
+    def _quality(self, digest: bytes) -> tuple[float | None, int]:
+        """F1 at the best threshold of the merged validation histograms the nodes reported for
+        model ``digest``, and how many nodes reported (no rows involved)."""
+        if self.reports is None:
+            return None, 0
+        hexd = "0x" + bytes(digest).hex()
+        hists = histograms_for(self.reports.reports_for(self.task_id, hexd), self.task_id, self.spec.nodes, hexd)
+        if not hists:
+            return None, 0
+        return threshold_from_histogram(merge_histograms(hists))[1], len(hists)
 
     # -- chained ----------------------------------------------------------------------------
     def _chained(self, task) -> str:

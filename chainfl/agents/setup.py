@@ -128,6 +128,67 @@ def build_spec(*, mode: str, nodes, rounds: int, stats: list[FeatureStats], hidd
     return spec
 
 
+def sign_stats(stats: FeatureStats, account) -> dict:
+    """``stats`` as JSON, naming the node that computed them and signed by its key (EIP-191 over
+    the canonical JSON of the statistics): the row count in it is what the node commits to, and
+    what caps the sample counts it may claim later (recorded in the task spec)."""
+    from eth_account.messages import encode_defunct
+
+    from chainfl.agents.spec import canonical_json
+
+    body = stats.to_dict()
+    signature = account.sign_message(encode_defunct(canonical_json(body))).signature
+    return {**body, "node": account.address, "signature": "0x" + bytes(signature).hex()}
+
+
+def read_stats(d: dict) -> tuple[FeatureStats, str | None]:
+    """``(stats, node)`` from a stats JSON; ``node`` is None for unsigned statistics and the
+    signer's address for signed ones (ConfigError if the signature is not the named node's)."""
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+    from eth_utils import to_checksum_address
+
+    from chainfl.agents.spec import canonical_json
+
+    body = {k: v for k, v in d.items() if k not in ("node", "signature")}
+    stats = FeatureStats.from_dict(body)
+    if "node" not in d:
+        return stats, None
+    try:
+        signer = Account.recover_message(encode_defunct(canonical_json(stats.to_dict())), signature=d["signature"])
+    except Exception as e:   # malformed signature bytes
+        raise ConfigError(f"the statistics of {d.get('node')} carry an unreadable signature ({e}); "
+                          f"recompute them with `chainfl node stats --account/--keystore`") from e
+    if signer.lower() != str(d["node"]).lower():
+        raise ConfigError(f"the statistics naming {d['node']} are signed by {signer}: they were changed or "
+                          f"not made by that node; recompute them with `chainfl node stats`")
+    return stats, to_checksum_address(d["node"])
+
+
+def stats_for_nodes(entries: list[tuple[FeatureStats, str | None]], nodes) -> list[FeatureStats]:
+    """The statistics in the order of ``nodes``: signed ones matched by their node, unsigned ones
+    taken in the order given (one per node)."""
+    nodes = list(nodes)
+    signed = [n for _, n in entries if n is not None]
+    if signed and len(signed) != len(entries):
+        raise ConfigError("some statistics are signed by their node and some are not; sign all of them "
+                          "(`chainfl node stats --account I` / `--keystore FILE`) or none")
+    if len(entries) != len(nodes):
+        raise ConfigError(f"{len(entries)} statistics file(s) for {len(nodes)} node(s); pass one --stats per node")
+    if not signed:
+        log.warning("the statistics are not signed: their row counts are matched to the nodes in the order given "
+                    "and cap each node's claimed samples; sign them with `chainfl node stats --account I`")
+        return [s for s, _ in entries]
+    by_node = {n.lower(): s for s, n in entries}
+    if len(by_node) != len(entries):
+        raise ConfigError("two statistics files are signed by the same node")
+    missing = [n for n in nodes if n.lower() not in by_node]
+    extra = sorted(set(by_node) - {n.lower() for n in nodes})
+    if missing or extra:
+        raise ConfigError(f"the statistics do not match the nodes: missing for {missing}, from non-nodes {extra}")
+    return [by_node[n.lower()] for n in nodes]
+
+
 def load_signer(chain, account: int | None = None, keystore: str | None = None, password: str | None = None):
     """The signing account: dev account ``account`` (from ganache.env's mnemonic) or an encrypted
     keystore (real networks). The key never leaves the LocalAccount; nothing here logs it."""

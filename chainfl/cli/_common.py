@@ -37,3 +37,16 @@ def console():
     from rich.console import Console
 
     return Console(soft_wrap=True) if sys.stdout.isatty() else Console(width=200)
+
+
+def talk(quiet: bool = False) -> None:
+    """Let the agents' and the coordinator's progress lines (INFO: one per round, handoff,
+    flag, outage) through to stderr, unless ``quiet``; the library itself adds no handler."""
+    import logging
+
+    if quiet:
+        return
+    for name in ("chainfl.agents.coordinator", "chainfl.agents.node", "chainfl.agents.retry"):
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)

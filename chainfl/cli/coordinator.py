@@ -8,7 +8,7 @@ import tempfile
 
 import click
 
-from chainfl.cli._common import echo_json, json_option, resolve_store, rpc_option, store_option
+from chainfl.cli._common import echo_json, json_option, resolve_store, rpc_option, store_option, talk
 from chainfl.cli.node import _password, account_option, keystore_option
 
 
@@ -50,9 +50,14 @@ def _write_atomic(path: str, obj) -> None:
 @click.option("--reports", "reports_dir", type=click.Path(file_okay=False), default=None,
               help="Shared directory where nodes drop their signed validation histograms.")
 @click.option("--task", "task_id", type=int, default=None, help="Resume this task instead of creating one.")
-@click.option("--from-block", type=int, default=0, show_default=True, help="With --task: first block to read.")
+@click.option("--from-block", type=int, default=0, show_default=True, help="First block to read events from.")
 @click.option("--task-file", type=click.Path(dir_okay=False), default=None,
-              help="Write {registry, task_id, from_block} here as soon as the task exists.")
+              help="Write {registry, task_id, from_block} here as soon as the task exists; if it names an "
+                   "open task of this registry, that task is resumed.")
+@click.option("--new", "force_new", is_flag=True,
+              help="Create a new task even if an open task of this coordinator has exactly these settings "
+                   "(by default that task is resumed).")
+@click.option("--quiet", is_flag=True, help="No per-round lines on stderr.")
 @click.option("--registry", "registry_address", envvar="CHAINFL_REGISTRY", default=None,
               help="Registry address (default: the recorded deployment; --deploy makes one if none).")
 @click.option("--deploy", is_flag=True, help="Deploy a registry if none is given or recorded.")
@@ -64,19 +69,23 @@ def _write_atomic(path: str, obj) -> None:
 @store_option
 @json_option
 def run_cmd(mode, nodes, stats_files, rounds, strategy, no_gate, epochs, hidden, model, seed, round_seconds,
-            quorum, turn_timeout, fetch_patience, report_timeout, reports_dir, task_id, from_block, task_file, registry_address,
-            deploy, poll, timeout, account, keystore, rpc, store, as_json):
-    """Create a task from the nodes' statistics and drive it: rounds/turns, aggregation, flags,
-    the release (threshold from the nodes' histograms) and closing. With --task, resume one."""
+            quorum, turn_timeout, fetch_patience, report_timeout, reports_dir, task_id, from_block, task_file,
+            force_new, quiet, registry_address, deploy, poll, timeout, account, keystore, rpc, store, as_json):
+    """Create a task from the nodes' statistics and drive it: rounds/turns, decisions on every
+    update, the release (threshold from the nodes' signed histograms) and closing.
+
+    Resumes instead of creating when it can: the task of --task, or of --task-file when that file
+    names an open task, or an open task of this coordinator with exactly the same settings (a
+    rerun of the same command); --new forces a new task. Prints one line per round on stderr."""
     from chainfl.agents.coordinator import Coordinator
     from chainfl.agents.reports import DirectoryReportBox
     from chainfl.agents.runner import limit_torch_threads
-    from chainfl.agents.setup import build_spec, load_signer, open_registry, resolve_nodes
+    from chainfl.agents.setup import build_spec, load_signer, open_registry, read_stats, resolve_nodes, stats_for_nodes
     from chainfl.chain import connect
-    from chainfl.data.scaling import FeatureStats
     from chainfl.storage import open_store
 
     limit_torch_threads()
+    talk(quiet)
     with connect(rpc) as chain:
         signer = load_signer(chain, 0 if account is None and not keystore else account, keystore,
                              _password(keystore))
@@ -84,20 +93,30 @@ def run_cmd(mode, nodes, stats_files, rounds, strategy, no_gate, epochs, hidden,
         store_ = open_store(resolve_store(store))
         coordinator = Coordinator(registry, store_, signer, report_timeout=report_timeout,
                                   reports=DirectoryReportBox(reports_dir) if reports_dir else None)
+        if task_id is None and task_file and os.path.exists(task_file) and not force_new:
+            task_id, from_block = _from_task_file(task_file, registry, from_block)
         if task_id is None:
             if not nodes or not stats_files:
                 raise click.UsageError("a new task needs --nodes and --stats (or --task to resume one)")
-            stats = []
+            node_list = resolve_nodes(chain, nodes)
+            entries = []
             for path in stats_files:
                 with open(path) as f:
-                    stats.append(FeatureStats.from_dict(json.load(f)))
-            spec = build_spec(mode=mode, nodes=resolve_nodes(chain, nodes), rounds=rounds, stats=stats,
+                    entries.append(read_stats(json.load(f)))
+            spec = build_spec(mode=mode, nodes=node_list, rounds=rounds, stats=stats_for_nodes(entries, node_list),
                               hidden=tuple(int(h) for h in hidden.split(",") if h.strip()), model_kind=model,
                               epochs=epochs, strategy=strategy, gate=not no_gate, seed=seed,
                               round_seconds=round_seconds, quorum=quorum, turn_seconds=turn_timeout,
                               fetch_patience=fetch_patience)
-            from_block = chain.block_number()
-            task_id = coordinator.create_task(spec)
+            same = None if force_new else _open_task_like(registry, signer.address, spec, from_block)
+            if same is not None:
+                task_id, from_block = same
+                click.echo(f"resuming task {task_id}: open, coordinated by this account, same settings "
+                           f"(pass --new for another task)", err=True)
+                coordinator.attach(task_id, start_block=from_block)
+            else:
+                from_block = chain.block_number()
+                task_id = coordinator.create_task(spec)
         else:
             coordinator.attach(task_id, start_block=from_block)
         info = {"registry": registry.address, "task_id": task_id, "from_block": from_block, "chain": chain.url}
@@ -114,6 +133,40 @@ def run_cmd(mode, nodes, stats_files, rounds, strategy, no_gate, epochs, hidden,
         echo_json(summary)
     else:
         click.echo(f"task {task_id} closed; release {summary['release_cid']} (threshold {summary['threshold']})")
+
+
+def _from_task_file(path: str, registry, from_block: int) -> tuple[int | None, int]:
+    """The open task a task file names on this registry (None if it names none, another
+    registry, or a closed task)."""
+    from chainfl.chain.errors import RegistryUnknownTask
+
+    try:
+        with open(path) as f:
+            info = json.load(f)
+        task_id = int(info["task_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, from_block
+    if str(info.get("registry", "")).lower() != registry.address.lower():
+        return None, from_block
+    try:
+        if registry.task(task_id).closed:
+            return None, from_block
+    except RegistryUnknownTask:
+        return None, from_block
+    click.echo(f"resuming task {task_id} from {path}", err=True)
+    return task_id, int(info.get("from_block", from_block))
+
+
+def _open_task_like(registry, coordinator: str, spec, from_block: int) -> tuple[int, int] | None:
+    """``(task_id, creation block)`` of the newest open task this account coordinates whose spec
+    digest equals ``spec``'s (a rerun of the same command), else None."""
+    digest = spec.digest()
+    for event in reversed(registry.events(from_block, names=["TaskCreated"])):
+        a = event.args
+        if a["coordinator"].lower() == coordinator.lower() and bytes(a["configDigest"]) == digest \
+                and not registry.task(int(a["taskId"])).closed:
+            return int(a["taskId"]), event.block_number
+    return None
 
 
 commands = [coordinator_group]

@@ -8,7 +8,7 @@ import logging
 import click
 
 from chainfl.cli._columns import column_options, limit_options, names
-from chainfl.cli._common import echo_json, json_option, resolve_store, rpc_option, store_option
+from chainfl.cli._common import echo_json, json_option, resolve_store, rpc_option, store_option, talk
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,18 @@ def node_group():
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Where to write stats JSON.")
 @column_options
 @_split
+@account_option
+@keystore_option
 @json_option
-def stats_cmd(data_path, label, output, features, drop, features_file, fill, val_fraction, split_seed, as_json):
+def stats_cmd(data_path, label, output, features, drop, features_file, fill, val_fraction, split_seed, account,
+              keystore, as_json):
     """Aggregate statistics of this node's training rows (counts, sums, sums of squares only),
     for the coordinator to agree the feature scaling without seeing any row.
 
     The CSV is read in chunks: memory stays bounded whatever its size, and the statistics equal
-    those of the rows `node run` trains on, bit for bit."""
+    those of the rows `node run` trains on, bit for bit. With --account or --keystore the file
+    names the node and carries its signature: its row count is the node's commitment (the task
+    caps the samples it may claim at it) and the coordinator matches files to nodes by it."""
     from chainfl.data.datasets import read_labels, stream_feature_stats
     from chainfl.data.prepare import read_plan
 
@@ -66,12 +71,21 @@ def stats_cmd(data_path, label, output, features, drop, features_file, fill, val
     result = stream_feature_stats(data_path, plan.label, train, features=plan.features, drop=plan.drop,
                                   fill_missing=plan.fill)
     stats = result.stats
+    body = stats.to_dict()
+    if account is not None or keystore:
+        from chainfl import config
+        from chainfl.agents.setup import sign_stats
+        from chainfl.chain.accounts import derive_account, load_keystore
+
+        signer = load_keystore(keystore, _password(keystore)) if keystore else \
+            derive_account(config.load_node_settings().mnemonic, int(account))
+        body = sign_stats(stats, signer)
     with open(output, "w") as f:
-        json.dump(stats.to_dict(), f, indent=2, sort_keys=True)
+        json.dump(body, f, indent=2, sort_keys=True)
     summary = {"output": output, "rows": result.rows, "training_rows": stats.count,
                "validation_rows": result.rows - stats.count, "label": plan.label,
                "features": list(stats.feature_names), "not_features": result.choice.dropped_dict(),
-               "features_file": plan.manifest}
+               "features_file": plan.manifest, "node": body.get("node")}
     if as_json:
         echo_json(summary)
         return
@@ -111,6 +125,7 @@ def training_rows(y, val_fraction: float, seed: int):
 @click.option("--from-block", type=int, default=0, show_default=True, help="Block to start reading events at.")
 @click.option("--poll", type=float, default=0.5, show_default=True, help="Seconds between polls.")
 @click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+@click.option("--quiet", is_flag=True, help="No progress lines (submissions, handoffs, outages) on stderr.")
 @click.option("--wait", type=click.FloatRange(min=0), default=600, show_default=True,
               help="Seconds to wait for the task to be created (a node may start before the coordinator).")
 @account_option
@@ -120,8 +135,8 @@ def training_rows(y, val_fraction: float, seed: int):
 @store_option
 @json_option
 def run_cmd(task_id, registry_address, data_path, label, features, drop, features_file, fill, max_rows, max_bytes,
-            reports_dir, from_block, poll, timeout, wait, account, keystore, val_fraction, split_seed, rpc, store,
-            as_json):
+            reports_dir, from_block, poll, timeout, quiet, wait, account, keystore, val_fraction, split_seed, rpc,
+            store, as_json):
     """Follow task TASK and train on this node's own data whenever it is its turn / a round is open.
 
     Resumable: after a crash, run it again; it works out from chain state what is left to do and
@@ -142,6 +157,7 @@ def run_cmd(task_id, registry_address, data_path, label, features, drop, feature
     limits = CsvLimits.from_options(max_bytes, max_rows)
     limits.check(data_path)                    # before waiting for a task this node could not load
     limit_torch_threads()
+    talk(quiet)
     with connect(rpc) as chain:
         signer = load_signer(chain, account, keystore, _password(keystore))
         registry = open_registry(chain, registry_address)

@@ -118,5 +118,5 @@ def test_node_stats_json_summary(tmp_path, node_csv):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary == {"output": str(out), "rows": 40, "training_rows": 32, "validation_rows": 8, "label": "label",
-                       "features": ["a", "b"], "not_features": [], "features_file": None}
+                       "features": ["a", "b"], "not_features": [], "features_file": None, "node": None}
     assert set(json.loads(out.read_text())) == {"feature_names", "log", "count", "sum", "sumsq"}

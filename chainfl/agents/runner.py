@@ -66,7 +66,7 @@ class RunConfig:
     gate: bool = True                # chained: validation gate on incoming models
     partition: str = "iid"           # iid | dirichlet | quantity | blocks
     alpha: float = 0.5               # dirichlet / quantity concentration
-    attack: str = "none"             # none | label-flip | boosted | amplified | sign-flip | gaussian-noise | free-rider
+    attack: str = "none"             # one of aggregation.attacks.ATTACKS, or several comma-separated (a mix)
     malicious_fraction: float = 0.2  # share of malicious nodes when attack != none
     dataset: str = "simulate"        # simulate | eth_fraud | csv
     data: str | None = None          # CSV path (dataset="csv")
@@ -101,8 +101,10 @@ class RunConfig:
             raise ConfigError(f"unknown mode {self.mode!r}; use chained or federated")
         if self.nodes < 1 or self.rounds < 1:
             raise ConfigError("nodes and rounds must be >= 1")
-        if self.attack not in ATTACKS:
-            raise ConfigError(f"unknown attack {self.attack!r}; use one of {', '.join(ATTACKS)}")
+        unknown = [k for k in attack_kinds(self.attack) if k not in ATTACKS]
+        if unknown or (len(attack_kinds(self.attack)) > 1 and "none" in attack_kinds(self.attack)):
+            raise ConfigError(f"unknown attack {self.attack!r}; use one of {', '.join(ATTACKS)}, or several "
+                              f"comma-separated (e.g. copy,inflated,unresolvable,outsider)")
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
         if self.dataset == "csv" and not (self.data and self.label):
@@ -303,6 +305,27 @@ def _load_data(cfg: RunConfig, train_chain, run_dir: Path, progress: bool) -> _D
                  "held-out split", info)
 
 
+# --- attackers ---------------------------------------------------------------------------------
+def attack_kinds(attack: str) -> list[str]:
+    """``"copy,inflated"`` -> ``["copy", "inflated"]``."""
+    return [k.strip() for k in str(attack).split(",") if k.strip()] or ["none"]
+
+
+def assign_attacks(n_nodes: int, attack: str, fraction: float, seed: int) -> dict[int, str]:
+    """node index -> attack kind: ``round(fraction * n_nodes)`` nodes chosen by seed, given the
+    listed kinds in turn. A slot given ``outsider`` stands for an extra registered account outside
+    the task (that node itself stays honest), so the attackers are ``fraction`` of the node count."""
+    kinds = attack_kinds(attack)
+    if kinds == ["none"]:
+        return {}
+    chosen = choose_malicious(n_nodes, fraction, seed)
+    return {i: kinds[k % len(kinds)] for k, i in enumerate(chosen)}
+
+
+def _attack(kind: str, cfg: RunConfig) -> AttackConfig:
+    return AttackConfig(kind=kind, fraction=cfg.malicious_fraction, seed=cfg.seed)
+
+
 # --- the job -------------------------------------------------------------------------------------
 def limit_torch_threads(n: int = 1) -> None:
     """Train with ``n`` intra-op threads. The models are tiny: on a loaded 2-core machine torch's
@@ -349,12 +372,10 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
                           epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, strategy=cfg.strategy,
                           gate=cfg.gate, seed=cfg.seed, round_seconds=cfg.round_seconds,
                           fetch_patience=IN_PROCESS_FETCH_PATIENCE)
-        attack = AttackConfig(kind=cfg.attack, fraction=cfg.malicious_fraction, seed=cfg.seed)  # validates
-        malicious = choose_malicious(cfg.nodes, cfg.malicious_fraction, cfg.seed) \
-            if cfg.attack not in ("none", "outsider") else []
+        attackers = assign_attacks(cfg.nodes, cfg.attack, cfg.malicious_fraction, cfg.seed)
+        malicious = sorted(i for i, kind in attackers.items() if kind != "outsider")
         # outsiders: registered members that are not nodes of the task, trying to submit anyway
-        outsiders = [chain.account(cfg.nodes + 1 + i) for i in range(int(round(cfg.malicious_fraction * cfg.nodes)))] \
-            if cfg.attack == "outsider" else []
+        outsiders = [chain.account(cfg.nodes + 1 + i) for i in range(sum(k == "outsider" for k in attackers.values()))]
 
         # 4. the task on chain
         t = time.monotonic()
@@ -364,13 +385,14 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
         start_block = chain.block_number()
         task_id = coordinator.create_task(spec)
         agents = [NodeAgent(registry, store, acct, task_id, d, reports=box, start_block=start_block,
-                            attack=attack if i in malicious else None, follower=coordinator.follower)
+                            attack=_attack(attackers[i], cfg) if i in malicious else None,
+                            follower=coordinator.follower)
                   for i, (acct, d) in enumerate(zip(accounts, locals_))]
         for acct in outsiders:
             if not registry.node(acct).member:
                 registry.add_node(acct, coordinator_account)
-        intruders = [NodeAgent(registry, store, acct, task_id, None, attack=attack, start_block=start_block,
-                               follower=coordinator.follower) for acct in outsiders]
+        intruders = [NodeAgent(registry, store, acct, task_id, None, attack=_attack("outsider", cfg),
+                               start_block=start_block, follower=coordinator.follower) for acct in outsiders]
         timings["setup"] = time.monotonic() - t
 
         # 5. training, stepped deterministically
@@ -398,6 +420,8 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
                            test=test, rounds=tracker.rounds, per_node=per_node, audit=audit,
                            timings={k: round(v, 2) for k, v in timings.items()}, data=data.info)
         result.data["malicious"] = [accounts[i].address for i in malicious] + [a.address for a in outsiders]
+        result.data["attackers"] = {**{accounts[i].address: attackers[i] for i in malicious},
+                                    **{a.address: "outsider" for a in outsiders}}
         result.data["environment"] = {"chainfl": __version__, "python": platform.python_version(),
                                       "machine": platform.machine(), "platform": platform.platform()}
     rundir.write_run_dir(result)

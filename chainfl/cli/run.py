@@ -74,15 +74,14 @@ def _f(v) -> str:
 @click.option("--partition", "partition_", type=click.Choice(["iid", "dirichlet", "quantity", "blocks"]),
               default="iid", show_default=True)
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Dirichlet/quantity concentration.")
-@click.option("--attack", type=click.Choice(["none", "label-flip", "boosted", "amplified", "sign-flip", "noise",
-                                             "gaussian-noise", "free-rider", "copy", "outsider", "inflated",
-                                             "unresolvable"]), default="none", show_default=True,
+@click.option("--attack", default="none", show_default=True, metavar="KIND[,KIND...]",
               help="What malicious nodes do: label-flip (train on flipped labels), boosted (model "
                    "replacement: flipped labels, step x10), amplified (honest step x10), sign-flip "
                    "(step x-10), noise/gaussian-noise, free-rider (resubmit the global model); protocol "
                    "attacks: copy (resubmit another node's update), outsider (registered accounts outside "
                    "the task submit anyway), inflated (claim 10^9 rows for the unchanged model), "
-                   "unresolvable (submit a CID whose blob is never stored).")
+                   "unresolvable (submit a CID whose blob is never stored). Several comma-separated kinds "
+                   "split the attackers between them.")
 @click.option("--malicious-fraction", type=click.FloatRange(0.0, 1.0), default=0.2, show_default=True,
               help="Share of the nodes that attack (with --attack).")
 @click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -129,7 +128,7 @@ def run_cmd(mode, nodes, rounds, strategy, no_gate, partition_, alpha, attack, m
     source = "csv" if data_path else (dataset or "simulate")
     cfg = RunConfig(mode=mode, nodes=nodes, rounds=rounds, strategy=strategy, gate=not no_gate,
                     partition=partition_, alpha=alpha,
-                    attack="gaussian-noise" if attack == "noise" else attack,
+                    attack=",".join("gaussian-noise" if k.strip() == "noise" else k.strip() for k in attack.split(",")),
                     malicious_fraction=malicious_fraction, dataset=source, data=data_path, label=label,
                     features=names(features), drop=names(drop) or (), features_file=features_file, fill=fill,
                     max_rows=max_rows, max_bytes=max_bytes, test_fraction=test_fraction, val_fraction=val_fraction,

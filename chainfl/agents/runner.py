@@ -107,8 +107,8 @@ class RunConfig:
                               f"comma-separated (e.g. copy,inflated,unresolvable,outsider)")
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
-        if self.dataset == "csv" and not (self.data and self.label):
-            raise ConfigError("--data CSV needs --label COLUMN")
+        if self.dataset == "csv" and not self.data:
+            raise ConfigError("--data needs a CSV (with --label COLUMN) or a `chainfl data prepare` directory")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -155,6 +155,41 @@ class _Data:
     y_test: np.ndarray
     test_source: str
     info: dict
+    parts: list | None = None            # prepared node files: each node's rows (indices into X)
+
+
+def _prepared(cfg: "RunConfig") -> _Data:
+    """The node files of a `chainfl data prepare` directory (node1.csv … nodeN.csv: the
+    partition), read exactly as `chainfl node run` reads them, and its test.csv as the test set."""
+    import re
+
+    from chainfl.data.datasets import CsvLimits, load_csv
+    from chainfl.data.prepare import read_plan
+
+    folder = Path(cfg.data)
+    files = sorted(folder.glob("node*.csv"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    test = folder / "test.csv"
+    if not files or not test.exists():
+        raise ConfigError(f"{folder} is not a `chainfl data prepare` directory: it needs node1.csv … nodeN.csv "
+                          f"and test.csv (make one with `chainfl data prepare ... -o {folder}`)")
+    limits = CsvLimits.from_options(cfg.max_bytes, cfg.max_rows)
+    sets = []
+    for path in files + [test]:
+        plan = read_plan(path, label=cfg.label, features=cfg.features, drop=cfg.drop, fill=cfg.fill,
+                         features_file=cfg.features_file)
+        sets.append(load_csv(path, plan.label, plan.features, drop=plan.drop, id_column=plan.id_column,
+                             fill_missing=plan.fill, limits=limits))
+    names = [tuple(d.feature_names) for d in sets]
+    if len(set(names)) != 1:
+        raise ConfigError(f"the files in {folder} have different feature columns; prepare them again")
+    X = np.concatenate([np.nan_to_num(np.asarray(d.X, dtype=np.float32)) for d in sets[:-1]])
+    y = np.concatenate([d.y for d in sets[:-1]])
+    bounds = np.cumsum([0] + [len(d.y) for d in sets[:-1]])
+    parts = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(files))]
+    info = {"source": str(folder), "rows": int(len(y) + len(sets[-1].y)), "positive_rate": float(np.mean(y)),
+            "test_rows": len(sets[-1].y), "features": list(names[0]), "node_files": [str(p) for p in files]}
+    return _Data(X, y, names[0], None, np.nan_to_num(np.asarray(sets[-1].X, dtype=np.float32)), sets[-1].y,
+                 "test.csv", info, parts)
 
 
 def _simulated(chain, n_accounts: int, seed: int, progress: bool):
@@ -283,6 +318,9 @@ def _load_data(cfg: RunConfig, train_chain, run_dir: Path, progress: bool) -> _D
     from chainfl.data.prepare import read_plan
     from chainfl.errors import DataError
 
+    if cfg.dataset == "csv" and Path(cfg.data).is_dir():
+        return _prepared(cfg)
+
     manifest = None
     if cfg.dataset == "eth_fraud":
         ds = load_eth_fraud()
@@ -359,11 +397,16 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
         timings["data"] = time.monotonic() - t
         if cfg.nodes > len(data.y):
             raise ConfigError(f"{cfg.nodes} nodes but only {len(data.y)} training rows; use fewer nodes")
-        parts = partition(data.y, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed, order=data.order)
+        if data.parts is not None and len(data.parts) != cfg.nodes:
+            raise ConfigError(f"{cfg.data} holds {len(data.parts)} node files; pass --nodes {len(data.parts)}")
+        parts = data.parts if data.parts is not None else \
+            partition(data.y, cfg.nodes, cfg.partition, cfg.alpha, cfg.seed, order=data.order)
         if progress:
-            print(f"partition ({cfg.partition}) over {cfg.nodes} nodes:\n{format_summary(parts, data.y)}",
-                  file=sys.stderr)
-        locals_ = [LocalData.split(data.X[p], data.y[p], data.feature_names, cfg.val_fraction, cfg.seed + i)
+            how = "node files" if data.parts is not None else cfg.partition
+            print(f"partition ({how}) over {cfg.nodes} nodes:\n{format_summary(parts, data.y)}", file=sys.stderr)
+        # prepared node files are split as `chainfl node run` splits them (its default --split-seed 0)
+        locals_ = [LocalData.split(data.X[p], data.y[p], data.feature_names, cfg.val_fraction,
+                                   0 if data.parts is not None else cfg.seed + i)
                    for i, p in enumerate(parts)]
         accounts = [chain.account(i + 1) for i in range(cfg.nodes)]
         coordinator_account = chain.accounts[0]

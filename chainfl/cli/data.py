@@ -114,12 +114,16 @@ def eth_fraud_cmd(path, missing_flag, output, as_json):
 @click.option("--fill", type=FillType(), default="0", show_default=True,
               help="Value for empty feature cells; 'none' makes a blank an error.")
 @click.option("--id-column", default=None, help="Column of row ids [Address, else detected, else a new 'row'].")
+@click.option("--chain-features", is_flag=True,
+              help="Use exactly the features `chainfl data features` computes from a chain's blocks "
+                   "(chainfl.data.schema.DERIVED_FROM_CHAIN), so that `chainfl detect` can score any chain "
+                   "with the trained model.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Directory for node1.csv … nodeN.csv, test.csv and features.json.")
 @limit_options
 @json_option
 def prepare_cmd(data_path, label, dataset, nodes, partition_, alpha, by, seed, test_fraction, features, drop,
-                fill, id_column, out_dir, max_rows, max_bytes, as_json):
+                fill, id_column, chain_features, out_dir, max_rows, max_bytes, as_json):
     """Split a labelled CSV (or the real dataset) into per-node CSV files, a held-out test.csv and
     the one feature list every node uses (features.json).
 
@@ -134,6 +138,12 @@ def prepare_cmd(data_path, label, dataset, nodes, partition_, alpha, by, seed, t
         raise ConfigError("pass either --data CSV --label COLUMN or --dataset eth_fraud")
     if data_path and not label:
         raise ConfigError("--data CSV needs --label COLUMN (the 0/1 label column)")
+    if chain_features:
+        from chainfl.data.schema import DERIVED_FROM_CHAIN
+
+        if features:
+            raise ConfigError("pass either --features or --chain-features, not both")
+        features = (",".join(DERIVED_FROM_CHAIN),)
     cfg = PrepareConfig(nodes=nodes, partition=partition_, alpha=alpha, by=by, seed=seed,
                         test_fraction=test_fraction, features=names(features), drop=names(drop) or (),
                         fill=fill, id_column=id_column)

@@ -84,8 +84,10 @@ def _f(v) -> str:
                    "split the attackers between them.")
 @click.option("--malicious-fraction", type=click.FloatRange(0.0, 1.0), default=0.2, show_default=True,
               help="Share of the nodes that attack (with --attack).")
-@click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Train on a labelled CSV instead of a simulation (needs --label).")
+@click.option("--data", "data_path", type=click.Path(exists=True), default=None,
+              help="Train on a labelled CSV (needs --label, unless a features.json sits beside it) instead of a "
+                   "simulation, or on the node files of a `chainfl data prepare` directory (its node1.csv … "
+                   "as the nodes, its test.csv as the test set).")
 @click.option("--label", default=None, help="Label column of --data.")
 @column_options
 @limit_options

@@ -47,6 +47,7 @@ from chainfl.agents.retry import Backoff
 from chainfl.agents.setup import fast_calls
 from chainfl.agents.spec import TaskSpec
 from chainfl.agents.threshold import merge_histograms, threshold_from_histogram
+from chainfl.aggregation.boosting import strategy_from_spec
 from chainfl.aggregation.decision import Candidate, decide_round, reason_code
 from chainfl.aggregation.strategies import Strategy
 from chainfl.chain.registry import Mode, RoundDecision
@@ -173,6 +174,8 @@ class Coordinator:
         done = len(hist.finalized)
         if done >= spec.rounds:
             return self._finish(task, f"{done} round(s) finalized as planned")
+        if modelio.is_gbdt(spec) and done and self._ensemble_done(task.head):
+            return self._finish(task, f"{done} round(s) finalized: every tree of the ensemble is grown")
         streak = hist.abandoned_streak()
         if streak >= spec.max_abandoned:
             return self._finish(task, f"stopped after {done} finalized round(s): the last {streak} round(s) "
@@ -185,6 +188,11 @@ class Coordinator:
             return "reverted"
         log.info("task %s: round %s opened (deadline %s)", self.task_id, opened, deadline)
         return "opened"
+
+    def _ensemble_done(self, digest: bytes) -> bool:
+        from chainfl.learning import gbdt
+
+        return gbdt.phase(self._load(digest)) == "done"
 
     def _log_silence(self, r: int, task, now: int) -> None:
         """Say which nodes have not submitted, once at a quarter of the round time and once near
@@ -204,7 +212,7 @@ class Coordinator:
                             ", ".join(a[:10] for a in silent[:8]) + (" …" if len(silent) > 8 else ""),
                             max(0, int(task.deadline) - now))
 
-    def _candidates(self, r: int) -> list[Candidate] | None:
+    def _candidates(self, r: int, global_state) -> list[Candidate] | None:
         """Every submission of round ``r`` in chain order with its blob, or None while a blob that
         does not resolve is still within the task's fetch patience."""
         spec, hist = self.spec, self.follower.history
@@ -213,7 +221,7 @@ class Coordinator:
         for ev in hist.ordered_submissions(r):
             node, digest, cid = ev["node"], bytes(ev["digest"]), ev["cid"]
             try:
-                state, meta = modelio.load_model(self.store, cid, digest, spec, self.fetch_timeout)
+                state, meta = modelio.load_update(self.store, cid, digest, spec, global_state, self.fetch_timeout)
             except (IntegrityError, CodecError, BlobTooLargeError) as e:
                 out.append(Candidate(node, digest, int(ev["samples"]),
                                      problem=f"invalid: blob failed verification ({type(e).__name__}: {e})"))
@@ -227,7 +235,7 @@ class Coordinator:
                                      problem=f"unavailable: blob {cid} did not resolve within "
                                              f"{spec.fetch_patience} s"))
                 continue
-            out.append(Candidate(node, digest, int(ev["samples"]), vector=flatten(state), meta=meta))
+            out.append(Candidate(node, digest, int(ev["samples"]), vector=modelio.update_vector(spec, state), meta=meta))
         if pending:
             if set(pending) != self._waiting_on.get(r):
                 self._waiting_on[r] = set(pending)
@@ -239,11 +247,12 @@ class Coordinator:
     def _end_round(self, task) -> str:
         spec, hist = self.spec, self.follower.history
         r = task.round
-        candidates = self._candidates(r)
+        global_state = self._load(task.head)
+        candidates = self._candidates(r, global_state)
         if candidates is None:
             return "waiting"
-        strategy = Strategy.from_spec(spec.strategy) if spec.strategy else Strategy(name="fedavg")
-        global_state = self._load(task.head)
+        strategy = strategy_from_spec(spec.strategy) if spec.strategy else Strategy(name="fedavg")
+        boosting = (modelio.boosting(spec), dict(global_state)) if modelio.is_gbdt(spec) else None
         previous = None     # the global model of the round before (server momentum); None in round 1
         if strategy.server_momentum and r > 1:
             opened = hist.rounds.get(r - 1)
@@ -253,14 +262,17 @@ class Coordinator:
                                  f"earlier block (e.g. 0)")
             previous = flatten(self._load(opened["globalModel"]))
         outcome = decide_round(candidates, strategy, task_id=self.task_id, round_=r,
-                               reference=flatten(global_state), previous=previous, committed=spec.node_samples)
+                               reference=None if boosting else flatten(global_state), previous=previous,
+                               committed=spec.node_samples, boosting=boosting)
         decision = RoundDecision(included=outcome.included, excluded=outcome.excluded, flagged=outcome.flagged)
         try:
             if outcome.abandoned:
                 self.registry.abandon_round(self.task_id, r, decision, outcome.abandon_reason, self.account)
                 stored = None
             else:
-                stored = modelio.put_model(self.store, unflatten(outcome.vector, global_state),
+                new_state = modelio.ordered_state(spec, outcome.state) if boosting else \
+                    unflatten(outcome.vector, global_state)
+                stored = modelio.put_model(self.store, new_state,
                                            {"kind": "aggregate", "task": self.task_id, "round": int(r)})
                 self.registry.finalize_round(self.task_id, r, stored.digest, stored.cid, decision, self.account)
         except ContractError as e:

@@ -60,7 +60,7 @@ from chainfl.agents.retry import Backoff
 from chainfl.agents.threshold import score_histogram
 from chainfl.aggregation.attacks import PROTOCOL_ATTACKS, AttackConfig, poison_labels, poison_update
 from chainfl.chain.registry import Mode
-from chainfl.data.scaling import FeatureStats, Scaler
+from chainfl.data.scaling import FeatureStats
 from chainfl.errors import (AgentError, BlobNotFoundError, BlobTooLargeError, CodecError, ContractError,
                             IntegrityError)
 from chainfl.learning.chained import ValidationGate
@@ -167,9 +167,12 @@ class NodeAgent:
             raise AgentError(f"this node's data has columns {list(self.data.feature_names)[:5]}..., task "
                              f"{self.task_id} needs {list(spec.feature_names)[:5]}... in that order; "
                              f"load the data with the task's feature list")
-        scaler = Scaler.from_dict(spec.scaler)
-        self._scaled = (scaler.transform(self.data.X), self.data.y.astype(np.int64),
-                        scaler.transform(self.data.X_val), self.data.y_val.astype(np.int64))
+        if modelio.is_gbdt(spec) and spec.mode != "federated":
+            raise AgentError(f"task {self.task_id} trains gbdt in {spec.mode} mode; gbdt grows its trees from "
+                             f"the summed histograms of federated rounds only")
+        # the model's inputs (scaled for networks, raw for gbdt), training and validation rows
+        self._scaled = (modelio.inputs(spec, self.data.X), self.data.y.astype(np.int64),
+                        modelio.inputs(spec, self.data.X_val), self.data.y_val.astype(np.int64))
         self._gate = ValidationGate(**spec.gate) if spec.gate else None
         self.index = lowered.index(self.address.lower())
         self.spec = spec
@@ -401,6 +404,10 @@ class NodeAgent:
         if kind_of_attack == "copy":
             return self._copy_target(round_)
         state = self._load(parent)
+        if kind_of_attack in ("inflated", "outsider") and modelio.is_gbdt(self.spec):
+            trained, samples, loss = self._train(state, step=train_step)    # a real update, a false claim
+            stored = modelio.put_model(self.store, trained, meta)
+            return stored.digest, stored.cid, INFLATED_SAMPLES if kind_of_attack == "inflated" else samples, loss
         if kind_of_attack in ("inflated", "outsider"):
             stored = modelio.put_model(self.store, state, meta)
             return stored.digest, stored.cid, INFLATED_SAMPLES if kind_of_attack == "inflated" else 1, 0.0
@@ -437,15 +444,31 @@ class NodeAgent:
     def _train(self, state, step: int):
         """(state, samples, loss): local training from ``state``; attacks applied if malicious."""
         X, y, _, _ = self._scaled
-        cfg = replace(modelio.train_config(self.spec), seed=modelio.node_seed(self.spec, self.index, step))
         if self.attack is not None:
             y = poison_labels(self.attack, y)
+        if modelio.is_gbdt(self.spec):
+            return self._histograms(state, X, y, step)
+        cfg = replace(modelio.train_config(self.spec), seed=modelio.node_seed(self.spec, self.index, step))
         res = train_local(modelio.model_config(self.spec), state, X, y, cfg)
         out = res.state
         if self.attack is not None and self.attack.poisons_model:
             vec = poison_update(self.attack, flatten(res.state), flatten(state), 1000 * step + self.index)
             out = unflatten(vec, res.state)
         return out, int(res.n_samples), float(res.loss)
+
+    def _histograms(self, state, X, y, step: int):
+        """gbdt: this round's update (histograms of the gradients at the global model, which
+        nothing else about the rows leaves), the rows it covers and the global model's log-loss."""
+        from chainfl.learning import gbdt
+
+        cfg = modelio.boosting(self.spec)
+        plain = {k: np.asarray(v) for k, v in state.items()}
+        vec = gbdt.node_update(cfg, plain, X, y)
+        if self.attack is not None and self.attack.poisons_model:
+            vec = poison_update(self.attack, vec, np.zeros_like(vec), 1000 * step + self.index)
+        p = np.clip(gbdt.predict_proba(cfg, plain, X), 1e-7, 1 - 1e-7)
+        loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else 0.0
+        return {"update": np.asarray(vec, dtype=np.float32)}, int(X.shape[0]), loss
 
     def _honest(self, parent: bytes, train_step: int, step_value: int):
         trained, samples, loss = self._train(self._load(parent), step=train_step)

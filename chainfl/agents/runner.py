@@ -61,7 +61,8 @@ class RunConfig:
 
     mode: str = "chained"            # "chained" (model travels node to node) or "federated"
     nodes: int = 5                   # node accounts (dev accounts 1..nodes; 0 coordinates)
-    rounds: int = 3                  # chained: passes over all nodes; federated: rounds
+    rounds: int | None = None        # chained: passes over all nodes (None: 3); federated: rounds (None:
+                                     #   what the model needs: gbdt's trees, 3 for networks)
     strategy: str = "screened-fedavg"  # federated aggregation strategy (aggregation.STRATEGIES); flags go on chain
     gate: bool = True                # chained: validation gate on incoming models
     partition: str = "iid"           # iid | dirichlet | quantity | blocks
@@ -81,7 +82,7 @@ class RunConfig:
     eval_accounts: int = 200         # simulated accounts on the new (evaluation) chain
     test_fraction: float = 0.2       # held-out test share for eth_fraud / csv
     val_fraction: float = 0.2        # each node's validation share
-    model: str = "mlp"               # mlp | logreg
+    model: str = "auto"              # auto | gbdt | mlp | logreg (auto: model_for(mode, strategy))
     hidden: tuple[int, ...] = (32, 16)
     epochs: int = 2                  # local epochs per visit / round
     batch_size: int = 32
@@ -99,8 +100,13 @@ class RunConfig:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if self.mode not in ("chained", "federated"):
             raise ConfigError(f"unknown mode {self.mode!r}; use chained or federated")
-        if self.nodes < 1 or self.rounds < 1:
+        if self.nodes < 1 or (self.rounds is not None and self.rounds < 1):
             raise ConfigError("nodes and rounds must be >= 1")
+        if self.model not in ("auto", "gbdt", "mlp", "logreg"):
+            raise ConfigError(f"unknown model {self.model!r}; use auto, gbdt, mlp or logreg")
+        if self.model == "gbdt" and self.mode != "federated":
+            raise ConfigError("--model gbdt needs --mode federated (its trees grow from the summed histograms "
+                              "of federated rounds); chained mode trains --model mlp")
         unknown = [k for k in attack_kinds(self.attack) if k not in ATTACKS]
         if unknown or (len(attack_kinds(self.attack)) > 1 and "none" in attack_kinds(self.attack)):
             raise ConfigError(f"unknown attack {self.attack!r}; use one of {', '.join(ATTACKS)}, or several "
@@ -114,6 +120,20 @@ class RunConfig:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
         return d
+
+    @property
+    def model_kind(self) -> str:
+        return model_for(self.mode, self.strategy) if self.model == "auto" else self.model
+
+
+def model_for(mode: str, strategy: str) -> str:
+    """``--model auto``: gbdt for federated tasks (it matches pooled boosted trees) unless the
+    strategy is a weight-averaging rule only networks have (krum, median, ...); the MLP otherwise."""
+    from chainfl.aggregation.boosting import BOOSTING_STRATEGIES, FROM_NETWORK
+
+    if mode == "federated" and (strategy in FROM_NETWORK or strategy in BOOSTING_STRATEGIES):
+        return "gbdt"
+    return "mlp"
 
 
 @dataclass
@@ -411,7 +431,7 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
         accounts = [chain.account(i + 1) for i in range(cfg.nodes)]
         coordinator_account = chain.accounts[0]
         spec = build_spec(mode=cfg.mode, nodes=[a.address for a in accounts], rounds=cfg.rounds,
-                          stats=[d.stats() for d in locals_], hidden=cfg.hidden, model_kind=cfg.model,
+                          stats=[d.stats() for d in locals_], hidden=cfg.hidden, model_kind=cfg.model_kind,
                           epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, strategy=cfg.strategy,
                           gate=cfg.gate, seed=cfg.seed, round_seconds=cfg.round_seconds,
                           fetch_patience=IN_PROCESS_FETCH_PATIENCE)
@@ -462,6 +482,8 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
                            release_digest=coordinator.release.hex, threshold=float(coordinator.threshold),
                            test=test, rounds=tracker.rounds, per_node=per_node, audit=audit,
                            timings={k: round(v, 2) for k, v in timings.items()}, data=data.info)
+        result.data["model"] = spec.model.get("kind", "mlp")
+        result.data["planned_rounds"] = spec.rounds
         result.data["malicious"] = [accounts[i].address for i in malicious] + [a.address for a in outsiders]
         result.data["attackers"] = {**{accounts[i].address: attackers[i] for i in malicious},
                                     **{a.address: "outsider" for a in outsiders}}
@@ -566,9 +588,7 @@ class _RoundTracker:
 
 
 def _score(spec, state, data: _Data, threshold: float) -> dict:
-    from chainfl.data.scaling import Scaler
-
-    X = Scaler.from_dict(spec.scaler).transform(data.X_test)
+    X = modelio.inputs(spec, data.X_test)
     m = metrics_from_scores(predict_scores(modelio.model_config(spec), state, X), data.y_test, threshold)
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in m.items()}
 

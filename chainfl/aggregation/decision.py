@@ -13,7 +13,10 @@ decision on chain can be recomputed bit for bit. Every submitted update gets exa
   ``copy``         the blob was made by another node or for another task/round (its meta says so:
                    an exact copy of someone else's update), or its weights equal an earlier update's;
   ``samples``      it claims more training rows than the node committed in its statistics;
-  ``screening``    the strategy's screening flagged it (e.g. far from every other update);
+  ``screening``    the strategy's screening flagged it (e.g. far from every other update; for a
+                   gbdt task, labels that disagree with the global model);
+  ``bounds``       (gbdt) its histograms break the bounds every honest update meets exactly
+                   (:mod:`chainfl.aggregation.boosting`);
 * **excluded** without blame: not selected by the rule (Krum, Multi-Krum);
 * **included** in the aggregate.
 
@@ -69,13 +72,14 @@ class RoundOutcome:
     included: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
     flagged: dict[str, str] = field(default_factory=dict)     # node -> "<code>: reason"
-    vector: np.ndarray | None = None                          # the aggregate; None = abandon
+    vector: np.ndarray | None = None                          # the aggregate (networks); None = abandon
     abandon_reason: str | None = None
     scores: dict[str, dict] = field(default_factory=dict)     # screening scores of the strategy
+    state: dict | None = None                                 # gbdt: the new global state
 
     @property
     def abandoned(self) -> bool:
-        return self.vector is None
+        return self.vector is None and self.state is None
 
 
 def _binding_problem(c: Candidate, task_id: int, round_: int) -> str | None:
@@ -90,11 +94,14 @@ def _binding_problem(c: Candidate, task_id: int, round_: int) -> str | None:
 
 
 def decide_round(candidates: Sequence[Candidate], strategy: Strategy, *, task_id: int, round_: int,
-                 reference: np.ndarray, previous: np.ndarray | None = None,
-                 committed: dict[str, int] | None = None) -> RoundOutcome:
+                 reference: np.ndarray | None, previous: np.ndarray | None = None,
+                 committed: dict[str, int] | None = None, boosting=None) -> RoundOutcome:
     """The verdict on every candidate (given in chain order) and the aggregate; see the module doc.
 
     ``committed``: node address (any case) -> training rows it committed (absent = no cap).
+    gbdt tasks: ``strategy`` is a :class:`~chainfl.aggregation.boosting.BoostingStrategy`,
+    ``boosting=(GBDTConfig, global_state)`` and the candidates' vectors are the nodes'
+    histogram updates; the outcome carries the new global ``state``.
     """
     caps = {k.lower(): int(v) for k, v in (committed or {}).items()}
     out = RoundOutcome()
@@ -122,6 +129,8 @@ def decide_round(candidates: Sequence[Candidate], strategy: Strategy, *, task_id
         out.abandon_reason = ("no update was submitted" if not candidates else
                               f"no usable update ({len(out.flagged)} flagged)")
         return out
+    if boosting is not None:
+        return _boosting_round(out, usable, strategy, boosting)
     updates = [Update(node=c.node, digest=c.digest, state_vec=c.vector, n_samples=int(c.samples))
                for c in usable]
     try:
@@ -136,6 +145,28 @@ def decide_round(candidates: Sequence[Candidate], strategy: Strategy, *, task_id
     out.excluded = list(result.excluded)
     out.vector = result.vector
     out.scores = result.scores
+    return out
+
+
+def _boosting_round(out: RoundOutcome, usable: list[Candidate], strategy, boosting) -> RoundOutcome:
+    cfg, state = boosting
+    try:
+        new, included, flagged, scores = strategy.aggregate(
+            cfg, state, [c.node for c in usable], [c.digest for c in usable], [c.vector for c in usable],
+            [int(c.samples) for c in usable])
+    except LearningError as e:
+        out.excluded = sorted(c.node for c in usable)
+        out.abandon_reason = f"no aggregate from {len(usable)} usable update(s): {e}"
+        return out
+    out.flagged.update(flagged)
+    out.scores = scores
+    if new is None:
+        out.excluded = included
+        out.abandon_reason = (f"{len(included)} update(s) left after the bounds and the screen, the strategy "
+                              f"needs {strategy.min_updates}")
+        return out
+    out.included = included
+    out.state = new
     return out
 
 

@@ -93,8 +93,9 @@ def release_from_blob(blob: bytes, *, task_id: int, cid: str, spec=None, source:
     carry one).
     """
     from chainfl.data.scaling import Scaler
-    from chainfl.learning.models import ModelConfig, expected_shapes
-    from chainfl.storage.codec import decode_model, hex_digest
+    from chainfl.errors import CodecError
+    from chainfl.learning.models import ModelConfig, expected_layout
+    from chainfl.storage.codec import check_state, decode_model, hex_digest
 
     state, meta = decode_model(blob)
 
@@ -122,10 +123,15 @@ def release_from_blob(blob: bytes, *, task_id: int, cid: str, spec=None, source:
         raise ModelRefusedError(f"task {task_id}: the release {cid} carries no decision threshold")
     else:
         threshold = 0.5
-    order = list(expected_shapes(model, len(features)))
+    layout = expected_layout(model, len(features))
+    order = list(layout)
     if set(order) != set(state):
         raise ModelRefusedError(f"task {task_id}: the {source}'s tensors {sorted(state)} do not fit model "
                                 f"{model.to_dict()} on {len(features)} features")
+    try:
+        check_state(state, layout)
+    except CodecError as e:
+        raise ModelRefusedError(f"task {task_id}: the {source} {cid} does not fit its model: {e}") from e
     state = OrderedDict((k, state[k]) for k in order)
     return Release(task_id, hex_digest(blob), cid, state, model, scaler, features, threshold, source, meta)
 
@@ -388,6 +394,18 @@ def score_dataset(release: Release, dataset) -> Scored:
 
     ds = dataset.select(list(release.feature_names))
     X = release.scaler.transform(ds.X)                       # [n, d] float32
+    if release.model.kind == "gbdt":
+        # trees read the raw values; attributions are Saabas path contributions (log-odds), the
+        # scaled inputs still measure how far rows fall from the training distribution
+        from chainfl.learning import gbdt
+
+        cfg = release.model.boosting(X.shape[1])
+        raw = np.nan_to_num(np.asarray(ds.X, dtype=np.float32))
+        plain = {k: np.asarray(v) for k, v in release.state.items()}
+        scores = gbdt.predict_proba(cfg, plain, raw) if len(ds) else np.zeros(0)
+        attributions = gbdt.contributions(cfg, plain, raw)[0] if len(ds) else np.zeros((0, X.shape[1]))
+        return Scored(list(ds.ids), scores, attributions, list(release.feature_names), release.threshold,
+                      inputs=X.astype(np.float64))
     model = build_model(release.model, X.shape[1], 0)
     set_state(model, release.state)
     model.eval()

@@ -48,13 +48,13 @@ def replay(a) -> None:
             a.violate("round-order", f"round {last.round} never ended but round {r.round} was opened", **where)
         previous, last = r.round, r
         opened_on[r.round] = (r.global_model, head_cid)
-        candidates, unseen = _candidates(a, r)
+        global_state = _global(a, r.global_model, head_cid) if r.global_model == head else None
+        candidates, unseen = _candidates(a, r, global_state)
         _record_round(a, r)
         if not r.ended:
             a.warnings.append(f"round {r.round} is still open")
             continue
         _check_coverage(a, r)
-        global_state = _global(a, r.global_model, head_cid) if r.global_model == head else None
         prev_state = None
         if strategy is not None and strategy.server_momentum and r.round - 1 in opened_on:
             prev_state = _global(a, *opened_on[r.round - 1])
@@ -75,21 +75,32 @@ def _strategy(a):
         a.violate("spec-invalid", "federated task spec names no aggregation strategy", node=c.coordinator,
                   cid=c.config_cid)
         return None
-    from chainfl.aggregation.strategies import Strategy
+    from chainfl.aggregation.boosting import strategy_from_spec
 
     try:
-        return Strategy.from_spec(a.spec.strategy)
+        return strategy_from_spec(a.spec.strategy)
     except (ChainflError, TypeError, KeyError) as e:
         a.violate("spec-invalid", f"strategy {a.spec.strategy} cannot be rebuilt: {e}", node=c.coordinator,
                   cid=c.config_cid)
         return None
 
 
-def _candidates(a, r) -> tuple[list[Candidate], set[str]]:
+def _gbdt(a) -> bool:
+    return a.spec is not None and a.spec.model.get("kind") == "gbdt"
+
+
+def _candidates(a, r, global_state) -> tuple[list[Candidate], set[str]]:
     """The round's submissions in chain order as decision candidates, and the nodes whose blob
     this store could not show (their candidate carries the coordinator's flag, if any)."""
+    from chainfl.agents import modelio
     from chainfl.learning.models import flatten
 
+    layout = None
+    if _gbdt(a) and global_state is not None:
+        try:
+            layout = modelio.update_layout(a.spec, global_state)
+        except ChainflError:
+            layout = None
     out, unseen, seen = [], set(), set()
     for s in sorted(r.submissions, key=lambda s: (s.at.block, s.at.log_index)):
         w = dict(round=r.round, node=s.node, cid=s.cid)
@@ -107,7 +118,7 @@ def _candidates(a, r) -> tuple[list[Candidate], set[str]]:
         flagged = r.flags.get(s.node)
         try:
             state, meta = a.fetch_model(f"round {r.round} update", s.digest, s.cid, node=s.node, round=r.round,
-                                        parent=s.parent)
+                                        parent=s.parent, layout=layout if _gbdt(a) else None)
         except BlobProblem as p:
             if p.unseen:
                 unseen.add(s.node)
@@ -126,7 +137,14 @@ def _candidates(a, r) -> tuple[list[Candidate], set[str]]:
                               f"its blob now (published late?)")
             out.append(Candidate(s.node, s.digest, s.samples, problem=flagged))
             continue
-        out.append(Candidate(s.node, s.digest, s.samples, vector=flatten(a.ordered(state)), meta=meta))
+        if _gbdt(a):
+            if "update" not in state:
+                out.append(Candidate(s.node, s.digest, s.samples, problem="invalid: model-invalid: not a gbdt update"))
+                continue
+            vector = np.asarray(state["update"], dtype=np.float32)
+        else:
+            vector = flatten(a.ordered(state))
+        out.append(Candidate(s.node, s.digest, s.samples, vector=vector, meta=meta))
     return out, unseen
 
 
@@ -198,8 +216,14 @@ def _recompute(a, r, strategy, global_state, prev_state, candidates, unseen, nee
         return
     reference = a.ordered(global_state)
     prev_vec = None if prev_state is None else flatten(a.ordered(prev_state))
-    outcome = decide_round(candidates, strategy, task_id=a.h.task_id, round_=r.round, reference=flatten(reference),
-                           previous=prev_vec, committed=a.spec.node_samples if a.spec else None)
+    boosting = None
+    if _gbdt(a):
+        from chainfl.agents import modelio
+
+        boosting = (modelio.boosting(a.spec), dict(global_state))
+    outcome = decide_round(candidates, strategy, task_id=a.h.task_id, round_=r.round,
+                           reference=None if boosting else flatten(reference), previous=prev_vec,
+                           committed=a.spec.node_samples if a.spec else None, boosting=boosting)
     record["inputs"] = f"{len(candidates)} submission(s) in chain order"
     record.update(strategy_included=list(outcome.included), strategy_excluded=list(outcome.excluded),
                   strategy_flagged={n: reason_code(v) for n, v in outcome.flagged.items()})
@@ -229,7 +253,8 @@ def _recompute(a, r, strategy, global_state, prev_state, candidates, unseen, nee
         record.update(match=ok, recomputed=None)
         return
     _, meta = aggregate
-    got = sha256(encode_model(unflatten(outcome.vector, reference), meta))
+    new_state = a.ordered(outcome.state) if boosting else unflatten(outcome.vector, reference)
+    got = sha256(encode_model(new_state, meta))
     record["recomputed"] = hx(got)
     if got != r.digest:
         a.violate("aggregate-mismatch", f"the aggregate does not recompute from the round's updates with strategy "

@@ -83,9 +83,15 @@ def check_release(a) -> dict | None:
                 info["status"] = "release-meta"
                 a.violate("release-meta", f"the release {cid}'s {key} differs from the task spec's (detection would "
                           f"use it)", node=closed.by, cid=cid)
-    source = _matching(a, state)
+    source, unseen = _matching(a, state)
     info["matches_final"] = source
     if not source:
+        if unseen:
+            label, head_cid, p = unseen[0]
+            info["status"] = p.kind
+            a.violate(p.kind, f"the release cannot be compared with the {label} model {head_cid}: {p.message}",
+                      node=closed.by, cid=head_cid)
+            return info
         info["status"] = "release-mismatch"
         a.violate("release-mismatch", "the release's weights equal neither the final head nor the last accepted "
                   "model", node=closed.by, cid=cid)
@@ -102,20 +108,24 @@ def check_release(a) -> dict | None:
     return info
 
 
-def _matching(a, state) -> str | bool:
+def _matching(a, state) -> tuple[str | bool, list]:
+    """Which of the final head / last accepted model the release equals (``False``: neither), and
+    the ``(label, cid, BlobProblem)`` of those that could not be read to compare."""
+    unseen = []
     for label in ("head", "accepted"):
         d, cid = a.replayed[label], a.replayed[f"{label}_cid"]
         if cid is None:
             continue
         try:
             final_state, _ = a.cache.model(d, cid, a.expected)
-        except BlobProblem:
+        except BlobProblem as p:
+            unseen.append(("final head" if label == "head" else "last accepted", cid, p))
             continue
         if set(final_state) == set(state) and all(
                 np.array_equal(final_state[k], state[k]) and final_state[k].dtype == state[k].dtype
                 for k in final_state):
-            return label
-    return False
+            return label, unseen
+    return False, unseen
 
 
 def _evidence(a, info: dict, released: bytes):

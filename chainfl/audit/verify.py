@@ -202,18 +202,19 @@ class Auditor:
 
     # -- blobs ----------------------------------------------------------------------------
     def fetch_model(self, label: str, digest: bytes, cid: str, *, node=None, round=None, seq=None,
-                    parent: bytes | None = None):
+                    parent: bytes | None = None, layout: dict | None = None):
         """Fetch + verify + decode; records a lineage entry. Returns ``(state, meta)`` or raises
-        :class:`BlobProblem` (the caller decides whether that is a violation or a finding)."""
+        :class:`BlobProblem` (the caller decides whether that is a violation or a finding).
+        ``layout``: the tensors the blob must hold when it is not a model (a gbdt update)."""
         entry = {"label": label, "digest": hx(digest), "cid": cid, "node": node, "parent": hx(parent),
                  "round": round, "seq": seq, "status": "ok"}
         self.lineage.append(entry)
         try:
-            state, meta = self.cache.model(digest, cid, self.expected)
+            state, meta = self.cache.model(digest, cid, layout if layout is not None else self.expected)
         except BlobProblem as p:
             entry["status"] = p.kind
             raise
-        if self.expected is None:
+        if self.expected is None and layout is None:
             self.expected = expected_of(state)
         return state, meta
 

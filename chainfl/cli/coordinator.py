@@ -31,12 +31,17 @@ def _write_atomic(path: str, obj) -> None:
 @click.option("--nodes", default=None, help="Node count (dev accounts 1..N) or comma-separated addresses.")
 @click.option("--stats", "stats_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Per-node statistics from `chainfl node stats` (repeat --stats for each node).")
-@click.option("--rounds", type=int, default=3, show_default=True)
-@click.option("--strategy", default="screened-fedavg", show_default=True, help="Federated aggregation strategy.")
+@click.option("--rounds", type=click.IntRange(1), default=None,
+              help="Chained: passes over the nodes [default: 3]; federated: rounds [default: what the model "
+                   "needs: 80 for the default gbdt, 3 for mlp/logreg]; with gbdt, as many trees as fit.")
+@click.option("--strategy", default="screened-fedavg", show_default=True,
+              help="Federated aggregation strategy (gbdt: screened-sum = screened-fedavg, sum = fedavg; "
+                   "mlp/logreg: any of `chainfl run --help`).")
 @click.option("--no-gate", is_flag=True, help="Chained: no validation gate.")
 @click.option("--epochs", type=int, default=2, show_default=True)
 @click.option("--hidden", default="32,16", show_default=True, help="Hidden layer widths of the MLP.")
-@click.option("--model", type=click.Choice(["mlp", "logreg"]), default="mlp", show_default=True)
+@click.option("--model", type=click.Choice(["auto", "gbdt", "mlp", "logreg"]), default="auto", show_default=True,
+              help="auto: gbdt in federated mode (unless --strategy is a weight-averaging rule), mlp in chained mode.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--round-seconds", type=int, default=600, show_default=True, help="Federated round deadline.")
 @click.option("--quorum", type=int, default=0, show_default=True, help="Federated: finalize at this many updates (0 = all).")
@@ -103,8 +108,11 @@ def run_cmd(mode, nodes, stats_files, rounds, strategy, no_gate, epochs, hidden,
             for path in stats_files:
                 with open(path) as f:
                     entries.append(read_stats(json.load(f)))
+            from chainfl.agents.runner import model_for
+
             spec = build_spec(mode=mode, nodes=node_list, rounds=rounds, stats=stats_for_nodes(entries, node_list),
-                              hidden=tuple(int(h) for h in hidden.split(",") if h.strip()), model_kind=model,
+                              hidden=tuple(int(h) for h in hidden.split(",") if h.strip()),
+                              model_kind=model_for(mode, strategy) if model == "auto" else model,
                               epochs=epochs, strategy=strategy, gate=not no_gate, seed=seed,
                               round_seconds=round_seconds, quorum=quorum, turn_seconds=turn_timeout,
                               fetch_patience=fetch_patience)

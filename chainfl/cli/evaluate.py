@@ -40,8 +40,10 @@ def evaluate_cmd(task_id, data_path, label, from_block, rpc, store, registry_add
                   fill_missing=plan.fill, limits=CsvLimits.from_options(max_bytes, max_rows))
     import numpy as np
 
-    scores = predict_scores(release.model, release.state,
-                            release.scaler.transform(np.nan_to_num(np.asarray(ds.X, dtype=np.float32))))
+    from chainfl.learning.models import model_inputs
+
+    X = np.nan_to_num(np.asarray(ds.X, dtype=np.float32))
+    scores = predict_scores(release.model, release.state, model_inputs(release.model, release.scaler, X))
     m = metrics_from_scores(scores, ds.y, release.threshold)
     out = {"task_id": task_id, "release": release.describe(), "data": data_path, "rows": len(ds.y),
            "positives": int(ds.y.sum()), "audit_ok": report.ok, "metrics": m}

@@ -17,7 +17,8 @@ def _table(result) -> None:
     table.add_column("setting / metric", overflow="fold")
     table.add_column("value", justify="right", overflow="fold")
     rows = [
-        ("nodes x rounds", f"{c.nodes} x {c.rounds}"),
+        ("nodes x rounds", f"{c.nodes} x {result.data.get('planned_rounds', c.rounds)}"),
+        ("model", result.data.get("model", c.model)),
         ("strategy" if c.mode == "federated" else "validation gate",
          c.strategy if c.mode == "federated" else ("on" if c.gate else "off")),
         ("attack", "none" if c.attack == "none" else f"{c.attack} ({_nodes(len(result.data.get('malicious', [])))})"),
@@ -65,11 +66,13 @@ def _f(v) -> str:
 @click.command("run")
 @click.option("--mode", type=click.Choice(["chained", "federated"]), default="chained", show_default=True)
 @click.option("--nodes", type=int, default=5, show_default=True, help="Node accounts (data holders).")
-@click.option("--rounds", type=int, default=3, show_default=True,
-              help="Chained: passes over all nodes; federated: rounds.")
+@click.option("--rounds", type=click.IntRange(1), default=None,
+              help="Chained: passes over all nodes [default: 3]; federated: rounds [default: what the model "
+                   "needs: 80 for the default gbdt (76 trees), 3 for mlp/logreg]. With gbdt, as many trees as fit.")
 @click.option("--strategy", default="screened-fedavg", show_default=True,
-              help="Federated aggregation strategy (fedavg, median, trimmed-mean, krum, multi-krum, "
-                   "screened-fedavg, clipped-fedavg, screened-multi-krum).")
+              help="Federated aggregation strategy. gbdt: screened-sum (= screened-fedavg: validity bounds + "
+                   "label-consistency screen) or sum (= fedavg: bounds only); mlp/logreg: fedavg, median, "
+                   "trimmed-mean, krum, multi-krum, screened-fedavg, clipped-fedavg, screened-multi-krum.")
 @click.option("--no-gate", is_flag=True, help="Chained: accept every incoming model (no validation gate).")
 @click.option("--partition", "partition_", type=click.Choice(["iid", "dirichlet", "quantity", "blocks"]),
               default="iid", show_default=True)
@@ -103,7 +106,9 @@ def _f(v) -> str:
 @click.option("--epochs", type=int, default=2, show_default=True, help="Local epochs per visit/round.")
 @click.option("--lr", type=float, default=1e-2, show_default=True,
               help="Local learning rate (long chained runs need less, e.g. 5e-4 for 50 nodes x 20 rounds).")
-@click.option("--model", type=click.Choice(["mlp", "logreg"]), default="mlp", show_default=True)
+@click.option("--model", type=click.Choice(["auto", "gbdt", "mlp", "logreg"]), default="auto", show_default=True,
+              help="auto: gbdt (histogram-based federated boosted trees, equal to pooled training) in federated "
+                   "mode unless --strategy is a weight-averaging rule (krum, median, ...), mlp in chained mode.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--registry", "registry_address", envvar="CHAINFL_REGISTRY", default=None,
               help="Registry address (default: the recorded deployment, else a new one).")

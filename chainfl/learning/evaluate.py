@@ -19,8 +19,14 @@ from chainfl.learning.models import ModelConfig, build_model, set_state
 
 
 def predict_scores(model_cfg: ModelConfig, state: Mapping[str, np.ndarray], X: np.ndarray) -> np.ndarray:
-    """Fraud probabilities [n] (float64) of a model given by config + weights."""
+    """Fraud probabilities [n] (float64) of a model given by config + weights (``X``: the
+    model's inputs, :func:`chainfl.learning.models.model_inputs`)."""
     X = np.asarray(X, dtype=np.float32)
+    if model_cfg.kind == "gbdt":
+        from chainfl.learning import gbdt
+
+        cfg = model_cfg.boosting(X.shape[1])
+        return gbdt.predict_proba(cfg, {k: np.asarray(v) for k, v in state.items()}, X)
     model = build_model(model_cfg, X.shape[1], 0)
     set_state(model, state)
     model.eval()

@@ -4,6 +4,13 @@ A *state* is an ordered mapping ``name -> np.ndarray(float32)`` in the model's o
 order; :func:`flatten` turns it into one 1-D float32 vector (that order, row-major) and
 :func:`unflatten` turns it back. Aggregation works on the vectors, storage on the states.
 Models output one logit per row; the positive class is "fraud/illicit".
+
+Kinds: ``mlp`` and ``logreg`` are torch networks on scaled inputs (the task's agreed
+:class:`~chainfl.data.scaling.Scaler`); ``gbdt`` is the histogram-based federated gradient-boosted
+trees of :mod:`chainfl.learning.gbdt` on the raw features (its bins are agreed in its first
+round), whose state holds float32 *and* int32 arrays — :func:`expected_layout` gives every
+kind's names, shapes and dtypes, :func:`model_inputs` what each kind reads, and
+:func:`predict_scores` in :mod:`chainfl.learning.evaluate` scores any kind.
 """
 
 from __future__ import annotations
@@ -20,35 +27,67 @@ from chainfl.errors import LearningError
 
 State = "OrderedDict[str, np.ndarray]"
 
-KINDS = ("mlp", "logreg")
+KINDS = ("mlp", "logreg", "gbdt")
+#: kinds that are torch networks trained by SGD (the rest have their own protocol)
+NETWORK_KINDS = ("mlp", "logreg")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a detector. Travels with the model so anyone can rebuild it."""
 
-    kind: str = "mlp"                    # "mlp" (hidden ReLU layers) or "logreg" (one linear layer)
-    hidden: tuple[int, ...] = (64, 32)   # widths of the hidden layers (ignored for "logreg")
+    kind: str = "mlp"                    # "mlp" (hidden ReLU layers), "logreg" (one linear layer), "gbdt"
+    hidden: tuple[int, ...] = (64, 32)   # widths of the hidden layers (ignored for "logreg"/"gbdt")
     dropout: float = 0.0                 # dropout after each hidden layer while training
+    gbdt: dict | None = None             # kind "gbdt": chainfl.learning.gbdt.GBDTConfig.to_dict()
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise LearningError(f"unknown model kind {self.kind!r}; use one of {', '.join(KINDS)}")
+        if self.kind == "gbdt":
+            from chainfl.learning.gbdt import GBDTConfig
+
+            if not self.gbdt:
+                raise LearningError("a gbdt model needs its boosting settings (ModelConfig(kind='gbdt', "
+                                    "gbdt=GBDTConfig(...).to_dict()))")
+            object.__setattr__(self, "gbdt", GBDTConfig.from_dict(self.gbdt).to_dict())   # validated, canonical
+        elif self.gbdt is not None:
+            raise LearningError(f"boosting settings given for a {self.kind!r} model; use kind 'gbdt'")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if any(h <= 0 for h in self.hidden):
             raise LearningError(f"hidden widths must be positive, got {self.hidden}")
         if not 0.0 <= self.dropout < 1.0:
             raise LearningError(f"dropout must be in [0, 1), got {self.dropout}")
 
+    def __hash__(self):
+        return hash((self.kind, self.hidden, self.dropout, repr(self.gbdt)))
+
+    @property
+    def is_network(self) -> bool:
+        return self.kind in NETWORK_KINDS
+
+    def boosting(self, n_features: int | None = None):
+        """The :class:`~chainfl.learning.gbdt.GBDTConfig` of a gbdt model (checked against
+        ``n_features`` when given)."""
+        from chainfl.learning.gbdt import GBDTConfig
+
+        if self.kind != "gbdt":
+            raise LearningError(f"a {self.kind!r} model has no boosting settings")
+        cfg = GBDTConfig.from_dict(self.gbdt)
+        if n_features is not None and cfg.n_features != int(n_features):
+            raise LearningError(f"the gbdt model reads {cfg.n_features} features, the data has {n_features}")
+        return cfg
+
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
+        d = {"kind": self.kind, "hidden": list(self.hidden), "dropout": self.dropout}
+        if self.gbdt is not None:
+            d["gbdt"] = dict(self.gbdt)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "ModelConfig":
         return cls(kind=d.get("kind", "mlp"), hidden=tuple(d.get("hidden", (64, 32))),
-                   dropout=float(d.get("dropout", 0.0)))
+                   dropout=float(d.get("dropout", 0.0)), gbdt=d.get("gbdt"))
 
 
 class Detector(nn.Module):
@@ -108,9 +147,37 @@ def state_shapes(state: Mapping[str, np.ndarray]) -> "OrderedDict[str, tuple[int
     return OrderedDict((k, tuple(np.shape(v))) for k, v in state.items())
 
 
+def expected_layout(cfg: ModelConfig, n_features: int) -> "OrderedDict[str, tuple[tuple[int, ...], np.dtype]]":
+    """Names -> (shape, dtype) of a model's state, in its parameter order."""
+    if cfg.kind == "gbdt":
+        from chainfl.learning import gbdt
+
+        return OrderedDict(gbdt.state_shapes(cfg.boosting(n_features)))
+    return OrderedDict((k, (s, np.dtype(np.float32)))
+                       for k, s in state_shapes(get_state(build_model(cfg, n_features, 0))).items())
+
+
 def expected_shapes(cfg: ModelConfig, n_features: int) -> "OrderedDict[str, tuple[int, ...]]":
     """Names and shapes of a model's state without building weights worth keeping."""
-    return state_shapes(get_state(build_model(cfg, n_features, 0)))
+    return OrderedDict((k, s) for k, (s, _) in expected_layout(cfg, n_features).items())
+
+
+def initial_model_state(cfg: ModelConfig, n_features: int, seed: int = 0) -> "OrderedDict[str, np.ndarray]":
+    """The untrained state of any kind (networks: seeded initialisation; gbdt: before its bins round)."""
+    if cfg.kind == "gbdt":
+        from chainfl.learning import gbdt
+
+        init = gbdt.init_state(cfg.boosting(n_features))
+        return OrderedDict((k, init[k]) for k in expected_layout(cfg, n_features))
+    return get_state(build_model(cfg, n_features, seed))
+
+
+def model_inputs(cfg: ModelConfig, scaler, X) -> np.ndarray:
+    """What a model of ``cfg`` reads from raw feature rows ``X``: networks the task's scaled
+    inputs (``scaler.transform``), gbdt the raw values (its bins are quantiles of them)."""
+    if cfg.kind == "gbdt":
+        return np.asarray(X, dtype=np.float32)
+    return scaler.transform(X)
 
 
 def flatten(state: Mapping[str, np.ndarray]) -> np.ndarray:

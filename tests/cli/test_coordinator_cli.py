@@ -29,7 +29,7 @@ def stats_files(tmp_path, chainfl_home):
 
 
 def _coordinate(stats, task_file, *extra):
-    args = ["coordinator", "run", "--deploy", "--mode", "federated", "--nodes", "2", "--rounds", "1",
+    args = ["coordinator", "run", "--deploy", "--mode", "federated", "--nodes", "2", "--rounds", "1", "--model", "mlp",
             "--task-file", str(task_file), "--timeout", "1", "--poll", "0.2"]
     for s in stats:
         args += ["--stats", str(s)]

@@ -41,7 +41,7 @@ def one_run(url: str, args, seed: int, attack: str, home: Path) -> dict:
     cfg = RunConfig(mode="federated", nodes=args.nodes, rounds=args.rounds, strategy=args.strategy,
                     partition="dirichlet", alpha=args.alpha, attack=attack, malicious_fraction=args.fraction,
                     dataset="eth_fraud", seed=seed, rpc=url, store=(home / "store").as_uri(),
-                    epochs=args.epochs, lr=args.lr)
+                    epochs=args.epochs, lr=args.lr, model=args.model)
     result = run_job(cfg, out=home / "runs" / f"{attack.replace(',', '+')}-s{seed}", progress=False)
     attackers = result.data.get("attackers", {})
     by_kind: dict[str, dict] = {}
@@ -59,6 +59,7 @@ def one_run(url: str, args, seed: int, attack: str, home: Path) -> dict:
             "audit_ok": bool(result.audit.get("ok")), "violations": len(result.audit.get("violations", [])),
             "by_kind": by_kind, "honest_findings": honest_flags, "seconds": result.timings.get("total"),
             "rounds_finalized": sum(1 for r in result.rounds), "task": result.task_id,
+            "model": result.data.get("model"),
             "reason_codes": sorted({reason_code(k.split(":", 1)[1]) if ":" in k else k
                                     for kinds in bad.values() for k in kinds})}
 
@@ -72,6 +73,7 @@ def main(argv=None) -> int:
     p.add_argument("--attack", default="copy,inflated,unresolvable,outsider")
     p.add_argument("--strategy", default="screened-fedavg")
     p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--model", default="auto", help="auto (gbdt in federated mode), gbdt, mlp or logreg")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--rpc", default=None, help="a JSON-RPC node (default: start an Anvil here)")
@@ -110,7 +112,8 @@ def main(argv=None) -> int:
                           nodes * args.rounds])
     within = max(abs(g) for g in gaps) <= 2.0 and all(r["audit_ok"] for r in runs)
     summary = (f"{args.nodes} nodes x {args.rounds} rounds on Anvil + the embedded store, eth_fraud (NaN->0), "
-               f"Dirichlet alpha={args.alpha}, strategy {args.strategy}; {args.fraction:.0%} attackers "
+               f"Dirichlet alpha={args.alpha}, model {runs[0].get('model', args.model)}, strategy {args.strategy}; "
+               f"{args.fraction:.0%} attackers "
                f"({args.attack}). F1 change vs the clean run: mean {statistics.mean(gaps):+.2f} points, "
                f"worst {max(gaps, key=abs):+.2f}; every audit "
                f"{'passes' if all(r['audit_ok'] for r in runs) else 'does NOT pass'}. Target (within 2 points, "

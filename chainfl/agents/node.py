@@ -404,10 +404,14 @@ class NodeAgent:
         if kind_of_attack == "copy":
             return self._copy_target(round_)
         state = self._load(parent)
-        if kind_of_attack in ("inflated", "outsider") and modelio.is_gbdt(self.spec):
+        if kind_of_attack == "inflated" and modelio.is_gbdt(self.spec):
             trained, samples, loss = self._train(state, step=train_step)    # a real update, a false claim
             stored = modelio.put_model(self.store, trained, meta)
-            return stored.digest, stored.cid, INFLATED_SAMPLES if kind_of_attack == "inflated" else samples, loss
+            return stored.digest, stored.cid, INFLATED_SAMPLES, loss
+        if kind_of_attack == "outsider" and modelio.is_gbdt(self.spec):   # (no data) an update of the right size
+            (shape, _), = modelio.update_layout(self.spec, state).values()
+            stored = modelio.put_model(self.store, {"update": np.zeros(shape, np.float32)}, meta)
+            return stored.digest, stored.cid, 1, 0.0
         if kind_of_attack in ("inflated", "outsider"):
             stored = modelio.put_model(self.store, state, meta)
             return stored.digest, stored.cid, INFLATED_SAMPLES if kind_of_attack == "inflated" else 1, 0.0

@@ -289,13 +289,13 @@ def test_audit_detect_tiny_starts_and_stops_its_own_anvil(tmp_path):
 
 @pytest.mark.realdata
 def test_protocol_attacks_tiny_starts_its_own_anvil_and_judges_the_runs(tmp_path, real_data_dir):
-    proc = run_script("protocol_attacks", "--nodes", "10", "--rounds", "1", "--seeds", "0",
+    proc = run_script("protocol_attacks", "--nodes", "10", "--rounds", "2", "--seeds", "0",
                       "--attack", "copy,inflated", "--results-dir", str(tmp_path))
     assert proc.returncode in (0, 1), proc.stderr[-3000:]       # 1 = the 2-point target missed at this size
     data = json.loads((tmp_path / "protocol_attacks.json").read_text())
     (clean, attacked) = data["extra"]["runs"]
     assert clean["attack"] == "none" and attacked["attack"] == "copy,inflated"
     assert clean["audit_ok"] and attacked["audit_ok"]
-    assert attacked["by_kind"]["copy"]["flags"] == {"flagged:copy": 1}
-    assert attacked["by_kind"]["inflated"]["flags"] == {"flagged:samples": 1}
+    assert attacked["by_kind"]["copy"]["flags"] == {"flagged:copy": 2}
+    assert attacked["by_kind"]["inflated"]["flags"] == {"flagged:samples": 2}
     assert "| seed | F1 clean |" in (tmp_path / "protocol_attacks.md").read_text()

@@ -120,7 +120,7 @@ def test_prepare_errors_are_clean(holder_csv, tmp_path, args, message):
 
 def test_run_takes_the_data_options(chainfl_home, holder_csv, tmp_path):
     result = _invoke("run", "--data", holder_csv, "--label", "FLAG", "--fill", "0", "--drop", "score",
-                     "--test-fraction", "0.3", "--val-fraction", "0.25", "--nodes", 2, "--rounds", 1, "--epochs", 1,
+                     "--test-fraction", "0.3", "--val-fraction", "0.25", "--nodes", 2, "--rounds", 2, "--epochs", 1,
                      "--mode", "federated", "--out", tmp_path / "run", "--quiet", "--json")
     assert result.exit_code == 0, result.output
     res = json.loads(result.stdout[result.stdout.index("{"):])

@@ -27,7 +27,7 @@ cleanup() {
 trap cleanup EXIT
 echo "== walkthrough in $W"
 
-# --8<-- [walkthrough]
+# --8<-- [start:walkthrough]
 # 1. Each data holder prepares its CSV (here: the real data split over 5 holders, label-skewed),
 #    with the features a chain can give, so that the model can later score any chain.
 chainfl data prepare --dataset eth_fraud --chain-features --nodes 5 --partition dirichlet --alpha 0.5 \
@@ -73,7 +73,7 @@ chainfl chain up --node ganache --port "$GANACHE_PORT"
 chainfl simulate --rpc "http://127.0.0.1:$GANACHE_PORT" --accounts 120 --seed 7 --out "$W/other-chain" --quiet
 chainfl detect --task "$TASK" --scan-rpc "http://127.0.0.1:$GANACHE_PORT" --labels "$W/other-chain/labels.csv" \
     --budget 0.2 -o "$W/alerts.csv"
-# --8<-- [walkthrough]
+# --8<-- [end:walkthrough]
 
 for i in 1 2 3 4 5; do wait "${pids[$i]}"; done
 echo "== the same node files and settings in one process (chainfl run)"

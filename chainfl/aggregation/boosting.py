@@ -16,7 +16,8 @@ round, no more rows than committed, no duplicate):
 2. **label-consistency screen** (optional, :class:`~chainfl.learning.gbdt.ConsistencyScreen`):
    a node whose labels disagree with the global model far beyond what calibrated labels allow
    (chi^2 per row) is flagged ``screening`` — the defence against label flippers, measured in
-   ``benchmarks/results/models_offline.md``.
+   ``benchmarks/results/gbdt_defence.md``. Nodes with fewer than ``min_rows`` rows are not
+   screened (their mean is noise; their rows bound what they can do).
 3. the sum of what is left (float64, canonical order by digest) and the coordinator step.
 
 Pure and deterministic: the coordinator and the auditor get the same new state, bit for bit.
@@ -88,7 +89,7 @@ class BoostingStrategy:
             for node in out:
                 limit = G.consistency_limit(self.screen, G._consistency(cfg, state, vectors[nodes.index(node)])[1])
                 flagged[node] = (f"screening: its labels disagree with the global model (chi^2 per row "
-                                 f"{chi[node]:.3f} > {limit:.3f} for its rows)")
+                                 f"{chi[node]:.3f} > {limit:.3f})")
             keep = [i for i in keep if nodes[i] not in flagged]
         included = sorted(nodes[i] for i in keep)
         if len(keep) < self.min_updates:

@@ -734,9 +734,13 @@ class ConsistencyScreen:
     warmup_rounds: int = 5          # growing rounds aggregated before screening starts (at the
                                     # base score alone every fraud-holding node disagrees)
     max_exclude_frac: float = 0.5   # never exclude more than this share of a round's updates
-    size_allowance: float = 3.0     # a node with n rows is excluded above threshold + this / sqrt(n):
-                                    # the mean over few rows is noise (an honest 4-row node scored
-                                    # 1.4 for 74 rounds on eth_fraud), and few rows can do little harm
+    min_rows: int = 16              # a node with fewer rows is not screened: its mean over so few rows
+                                    # is noise (an honest 4-row node scored 1.43 for 74 rounds on
+                                    # eth_fraud) and its rows bound what it can do
+    size_allowance: float = 0.0     # excluded above threshold + this / sqrt(rows). Measured
+                                    # (benchmarks/results/gbdt_defence.md): any allowance > 0 costs
+                                    # catches, and at 30 % IID flippers 1.0 lets every one through
+                                    # (the screen never starts excluding, the model stays confused)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -761,7 +765,8 @@ def label_consistency(cfg: GBDTConfig, state: Mapping[str, np.ndarray], vec: np.
 
 
 def _consistency(cfg: GBDTConfig, state, vec) -> tuple[float, float]:
-    """(chi^2 per row, rows per block) of one update (see :func:`label_consistency`)."""
+    """(chi^2 per row, rows) of one update (see :func:`label_consistency`); rows = the most in
+    one block (all the node's rows when a tree starts in the round)."""
     import math
 
     if phase(state) != "grow":
@@ -774,7 +779,7 @@ def _consistency(cfg: GBDTConfig, state, vec) -> tuple[float, float]:
     total_rows = math.fsum(rows)
     if total_rows <= 0:
         return 0.0, 0.0
-    return math.fsum(math.fsum(t.tolist()) for t in terms) / cfg.n_features / total_rows, total_rows / len(rows)
+    return math.fsum(math.fsum(t.tolist()) for t in terms) / cfg.n_features / total_rows, max(rows)
 
 
 def consistency_limit(screen: "ConsistencyScreen", rows: float) -> float:
@@ -795,7 +800,8 @@ def screen_by_consistency(cfg: GBDTConfig, state: Mapping[str, np.ndarray], vect
     scores = {n: both[n][0] for n in names}
     if phase(state) != "grow" or int(state["round"][0]) - 1 < screen.warmup_rounds:
         return [], scores
-    above = sorted((n for n in names if scores[n] > consistency_limit(screen, both[n][1])),
+    above = sorted((n for n in names if both[n][1] >= screen.min_rows
+                    and scores[n] > consistency_limit(screen, both[n][1])),
                    key=lambda n: (-scores[n], n))
     cap = int(np.floor(screen.max_exclude_frac * len(names)))
     return sorted(above[:cap]), scores

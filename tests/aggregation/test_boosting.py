@@ -93,12 +93,14 @@ def test_flipper_is_screened_but_a_tiny_honest_node_is_not():
     X, y = _data(9, 400)
     flipper = (X, 1 - y)
     Xs, ys = _data(11, 4)
-    tiny = (Xs, 1 - ys)                          # 4 rows, all "wrong": noise at that size
+    ys = ys.copy()
+    ys[:3] = 1 - ys[:3]          # 4 rows the model mostly gets wrong (chi^2 1.47, like the honest
+    tiny = (Xs, ys)              # 4-row node at 1.43 on eth_fraud): noise at that size, not a flipper
     names = [f"0x{i:040x}" for i in range(7)]
     state = _grown(parts, 1 + G.ConsistencyScreen().warmup_rounds + 1)
     assert G.phase(state) == "grow"
     cands = _candidates(state, parts + [flipper, tiny], names)
-    flat = BoostingStrategy(screen=G.ConsistencyScreen(size_allowance=0.0))
+    flat = BoostingStrategy(screen=G.ConsistencyScreen(min_rows=0))
     default = BoostingStrategy()
     out_flat = decide_round(cands, flat, task_id=1, round_=1, reference=None, boosting=(CFG, state))
     out = decide_round(cands, default, task_id=1, round_=1, reference=None, boosting=(CFG, state))

@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${WALKTHROUGH_DIR:-$(mktemp -d /tmp/chainfl-walkthrough.XXXXXX)}
-ROUNDS=${ROUNDS:-10}
+ROUNDS=${ROUNDS:-30}
 ANVIL_PORT=${ANVIL_PORT:-18546}; GANACHE_PORT=${GANACHE_PORT:-18545}; IPFS_PORT=${IPFS_PORT:-15002}
 export CHAINFL_HOME="$W/home"
 chainfl() { .venv/bin/chainfl "$@"; }

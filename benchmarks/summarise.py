@@ -189,7 +189,13 @@ QUESTIONS = [
               ("simulate", "python -m benchmarks.simulate_throughput")]),
 ]
 OTHERS = [("seed_scenario", "python -m benchmarks.seed_scenario", "The seed's scenario end to end"),
-          ("audit_detect", "python -m benchmarks.audit_detect", "Audit and detection")]
+          ("audit_detect", "python -m benchmarks.audit_detect", "Audit and detection"),
+          ("models_offline", "python -m benchmarks.models_offline", "Models offline: federated gbdt vs pooled trees, PLE-MLP"),
+          ("gbdt_defence", "python -m benchmarks.gbdt_defence", "The gbdt label-consistency screen under label flippers"),
+          ("gbdt_defence_allowance", "python -m benchmarks.gbdt_defence", "The gbdt screen's first sweep (allowance)"),
+          ("default_run", "python -m benchmarks.default_run", "The default federated job on the real data"),
+          ("protocol_attacks", "python -m benchmarks.protocol_attacks", "Protocol attackers on Anvil"),
+          ("csv_memory", "python -m benchmarks.csv_memory", "Memory of node stats / load_csv / data prepare")]
 
 #: which tables of a results file each question copies (heading keywords; empty = first table)
 TABLE_PICKS = {

@@ -28,13 +28,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--allowances", type=float, nargs="+", default=[0.0])
     ap.add_argument("--min-rows", type=int, nargs="+", default=[0, 16])
+    ap.add_argument("--partitions", nargs="+", default=["0.5", "0.1", "iid"], help="Dirichlet alphas and/or iid")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--name", default="gbdt_defence")
     ap.add_argument("--results-dir", default=None)
     args = ap.parse_args(argv)
     seeds = args.seeds[:1] if args.quick else args.seeds
-    partitions = [(("dirichlet", 0.5), "α=0.5")] + ([] if args.quick else [(("dirichlet", 0.1), "α=0.1"),
-                                                                         (("iid", 0.0), "IID")])
+    partitions = [(("iid", 0.0), "IID") if p == "iid" else (("dirichlet", float(p)), f"α={float(p):g}")
+                  for p in args.partitions][:1 if args.quick else None]
     attacks = [("none", 0.0), ("label-flip", 0.2), ("label-flip", 0.3)]
     cfg = DEFAULT_GBDT if not args.quick else replace(DEFAULT_GBDT, n_trees=8)
     rows, raw, headline = [], {}, {}

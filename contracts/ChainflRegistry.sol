@@ -323,10 +323,10 @@ contract ChainflRegistry is IChainflRegistry {
         if (parent != head) revert RegistryStaleParent(taskId, head, parent);
         _checkModel(digest, cid);
         if (samples == 0) revert RegistryZeroSamples();
-        Seat storage seat = _seats[taskId][msg.sender];
-        if (!seat.inTask) revert RegistryNotTaskNode(taskId, msg.sender);
-        if (seat.round == round) revert RegistryAlreadySubmitted(taskId, round, msg.sender);
-        seat.round = round;
+        Seat storage own = _seats[taskId][msg.sender];
+        if (!own.inTask) revert RegistryNotTaskNode(taskId, msg.sender);
+        if (own.round == round) revert RegistryAlreadySubmitted(taskId, round, msg.sender);
+        own.round = round;
         t.roundSubmissions += 1;
         sender.updates += 1;
         emit UpdateSubmitted(taskId, round, msg.sender, parent, digest, cid, samples, lossE6);
@@ -528,9 +528,9 @@ contract ChainflRegistry is IChainflRegistry {
         address[] memory included,
         address[] memory excluded
     ) private {
-        uint256 ii;
-        uint256 ie;
-        uint256 ir;
+        uint256 ii = 0;
+        uint256 ie = 0;
+        uint256 ir = 0;
         uint256 count = d.nodes.length;
         for (uint256 i = 0; i < count; ++i) {
             address account = d.nodes[i];

@@ -85,6 +85,7 @@ class Coordinator:
         self._finished_at = None
         self._waiting_on: dict[int, set] = {}   # round -> nodes whose blobs are awaited (logged once)
         self._silence_logged: set[tuple[int, int]] = set()
+        self._models: dict[bytes, object] = {}   # digest -> verified state (the last two loaded)
 
     def __repr__(self) -> str:
         return f"Coordinator({self.address}, task {self.task_id})"
@@ -406,6 +407,11 @@ class Coordinator:
         return "closed"
 
     def _load(self, digest: bytes):
+        """The verified model ``digest`` (the last two are kept: a round that waits for late blobs
+        re-reads its global model every poll, and the round-opening check reads the head again)."""
+        if digest in self._models:
+            return self._models[digest]
         cid = self.follower.history.cid_of(digest)
         state, _ = modelio.load_model(self.store, cid, digest, self.spec, self.fetch_timeout)
+        self._models = {**dict(list(self._models.items())[-1:]), digest: state}
         return state

@@ -39,7 +39,7 @@ from chainfl.agents import modelio
 from chainfl.agents.coordinator import Coordinator
 from chainfl.agents.node import LocalData, NodeAgent
 from chainfl.agents.reports import MemoryReportBox
-from chainfl.agents.setup import build_spec, open_registry
+from chainfl.agents.setup import build_spec, model_for, open_registry
 from chainfl.agents.threshold import merge_histograms, score_histogram, threshold_from_histogram
 from chainfl.aggregation.attacks import ATTACKS, AttackConfig, choose_malicious
 from chainfl.data.partition import format_summary, partition
@@ -124,16 +124,6 @@ class RunConfig:
     @property
     def model_kind(self) -> str:
         return model_for(self.mode, self.strategy) if self.model == "auto" else self.model
-
-
-def model_for(mode: str, strategy: str) -> str:
-    """``--model auto``: gbdt for federated tasks (it matches pooled boosted trees) unless the
-    strategy is a weight-averaging rule only networks have (krum, median, ...); the MLP otherwise."""
-    from chainfl.aggregation.boosting import BOOSTING_STRATEGIES, FROM_NETWORK
-
-    if mode == "federated" and (strategy in FROM_NETWORK or strategy in BOOSTING_STRATEGIES):
-        return "gbdt"
-    return "mlp"
 
 
 @dataclass

@@ -92,10 +92,15 @@ def open_registry(chain, address: str | None = None, *, deploy: bool = False, ad
 DEFAULT_GBDT = dict(n_trees=76, depth=4, learning_rate=0.3, concurrent_trees=4)
 
 
-def default_model(mode: str) -> str:
-    """The model a task trains when none is asked for: gbdt in federated mode (it matches pooled
-    boosted trees), the MLP in chained mode (gbdt needs federated rounds)."""
-    return "gbdt" if mode == "federated" else "mlp"
+def model_for(mode: str, strategy: str) -> str:
+    """``--model auto``: gbdt for federated tasks (it matches pooled boosted trees) unless the
+    strategy is a weight-averaging rule only networks have (krum, median, ...); the MLP otherwise
+    (chained mode: gbdt needs federated rounds)."""
+    from chainfl.aggregation.boosting import BOOSTING_STRATEGIES, FROM_NETWORK
+
+    if mode == "federated" and (strategy in FROM_NETWORK or strategy in BOOSTING_STRATEGIES):
+        return "gbdt"
+    return "mlp"
 
 
 def gbdt_config(n_features: int, node_rows=(), rounds: int | None = None, **settings):

@@ -86,8 +86,9 @@ class BoostingStrategy:
             out, chi = G.screen_by_consistency(cfg, state, [vectors[i] for i in keep], names, self.screen)
             for node in names:
                 scores[node] = {"chi2_per_row": float(chi[node])}
+            position = {node: i for i, node in enumerate(nodes)}
             for node in out:
-                limit = G.consistency_limit(self.screen, G._consistency(cfg, state, vectors[nodes.index(node)])[1])
+                limit = G.consistency_limit(self.screen, G.consistency(cfg, state, vectors[position[node]])[1])
                 flagged[node] = (f"screening: its labels disagree with the global model (chi^2 per row "
                                  f"{chi[node]:.3f} > {limit:.3f})")
             keep = [i for i in keep if nodes[i] not in flagged]

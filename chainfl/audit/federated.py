@@ -116,9 +116,15 @@ def _candidates(a, r, global_state) -> tuple[list[Candidate], set[str]]:
         if not a.participant(s.node):
             a.violate("not-participant", f"{s.node} is not a participant in the task spec", **w)
         flagged = r.flags.get(s.node)
+        if _gbdt(a) and layout is None:
+            # without the round's global model a gbdt update's layout is unknown: not read (the
+            # round is reported unverifiable; the node is not blamed for the auditor's gap)
+            out.append(Candidate(s.node, s.digest, s.samples, problem=flagged or "unavailable: the round's global "
+                                 "model is not readable, so neither is its update"))
+            continue
         try:
             state, meta = a.fetch_model(f"round {r.round} update", s.digest, s.cid, node=s.node, round=r.round,
-                                        parent=s.parent, layout=layout if _gbdt(a) else None)
+                                        parent=s.parent, layout=layout)
         except BlobProblem as p:
             if p.unseen:
                 unseen.add(s.node)
@@ -137,13 +143,8 @@ def _candidates(a, r, global_state) -> tuple[list[Candidate], set[str]]:
                               f"its blob now (published late?)")
             out.append(Candidate(s.node, s.digest, s.samples, problem=flagged))
             continue
-        if _gbdt(a):
-            if "update" not in state:
-                out.append(Candidate(s.node, s.digest, s.samples, problem="invalid: model-invalid: not a gbdt update"))
-                continue
-            vector = np.asarray(state["update"], dtype=np.float32)
-        else:
-            vector = flatten(a.ordered(state))
+        # (a gbdt update blob was decoded against its round's layout: exactly {"update": vector})
+        vector = np.asarray(state["update"], dtype=np.float32) if _gbdt(a) else flatten(a.ordered(state))
         out.append(Candidate(s.node, s.digest, s.samples, vector=vector, meta=meta))
     return out, unseen
 

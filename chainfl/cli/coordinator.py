@@ -85,7 +85,8 @@ def run_cmd(mode, nodes, stats_files, rounds, strategy, no_gate, epochs, hidden,
     from chainfl.agents.coordinator import Coordinator
     from chainfl.agents.reports import DirectoryReportBox
     from chainfl.agents.runner import limit_torch_threads
-    from chainfl.agents.setup import build_spec, load_signer, open_registry, read_stats, resolve_nodes, stats_for_nodes
+    from chainfl.agents.setup import (build_spec, load_signer, model_for, open_registry, read_stats, resolve_nodes,
+                                      stats_for_nodes)
     from chainfl.chain import connect
     from chainfl.storage import open_store
 
@@ -108,8 +109,6 @@ def run_cmd(mode, nodes, stats_files, rounds, strategy, no_gate, epochs, hidden,
             for path in stats_files:
                 with open(path) as f:
                     entries.append(read_stats(json.load(f)))
-            from chainfl.agents.runner import model_for
-
             spec = build_spec(mode=mode, nodes=node_list, rounds=rounds, stats=stats_for_nodes(entries, node_list),
                               hidden=tuple(int(h) for h in hidden.split(",") if h.strip()),
                               model_kind=model_for(mode, strategy) if model == "auto" else model,

@@ -761,10 +761,10 @@ def label_consistency(cfg: GBDTConfig, state: Mapping[str, np.ndarray], vec: np.
     ``0.95^2 / (0.05 + 0.25)``). Skewed honest nodes stay near the calibrated bound because trees
     put their rows in cells where the model already agrees with them. Summed with ``math.fsum``
     (correctly rounded), so every machine gets the same float. 0 outside growing rounds."""
-    return _consistency(cfg, state, vec)[0]
+    return consistency(cfg, state, vec)[0]
 
 
-def _consistency(cfg: GBDTConfig, state, vec) -> tuple[float, float]:
+def consistency(cfg: GBDTConfig, state, vec) -> tuple[float, float]:
     """(chi^2 per row, rows) of one update (see :func:`label_consistency`); rows = the most in
     one block (all the node's rows when a tree starts in the round)."""
     import math
@@ -796,7 +796,7 @@ def screen_by_consistency(cfg: GBDTConfig, state: Mapping[str, np.ndarray], vect
     the highest scores are excluded first (ties by name)."""
     if len(set(names)) != len(names) or len(names) != len(vectors):
         raise LearningError("need one unique name per update")
-    both = {n: _consistency(cfg, state, v) for n, v in zip(names, vectors)}
+    both = {n: consistency(cfg, state, v) for n, v in zip(names, vectors)}
     scores = {n: both[n][0] for n in names}
     if phase(state) != "grow" or int(state["round"][0]) - 1 < screen.warmup_rounds:
         return [], scores

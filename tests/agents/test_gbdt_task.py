@@ -9,7 +9,6 @@ import pytest
 
 from chainfl.agents import modelio
 from chainfl.aggregation.attacks import AttackConfig
-from chainfl.aggregation.decision import reason_code
 from chainfl.audit import audit_task
 from chainfl.errors import ConfigError
 from chainfl.learning import gbdt as G
@@ -138,4 +137,3 @@ def test_detect_scores_and_explains_a_gbdt_release(world):
     _, bias = G.contributions(cfg, plain, X)
     np.testing.assert_allclose(scored.attributions.sum(1) + bias, margin, atol=1e-5)
     np.testing.assert_allclose(scored.scores, 1 / (1 + np.exp(-margin)))
-    assert reason_code("bounds: x") == "bounds"

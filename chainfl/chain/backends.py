@@ -47,9 +47,12 @@ VALID_SCHEMES = ("eth-tester://", "eth-tester://memory", "http://host:port", "ht
 #: Sends of one transaction before a nonce clash (another process on the account) is an error.
 NONCE_ATTEMPTS = 6
 #: What nodes say when a nonce is already used: Anvil/Geth "nonce too low", "replacement
-#: transaction underpriced" (same nonce pending), "already known"; Ganache "the tx doesn't have
-#: the correct nonce".
-_NONCE_CLASH = ("nonce", "replacement transaction underpriced", "already known", "known transaction")
+#: transaction underpriced" (same nonce pending), "already known"; Anvil "transaction already
+#: imported" (another process signed the very same bytes: same nonce, same call); Ganache "the tx
+#: doesn't have the correct nonce". Within one process a signed transaction is sent once (the loop
+#: below re-signs with a fresh nonce), so any of these means another sender took the nonce.
+_NONCE_CLASH = ("nonce", "replacement transaction underpriced", "already known", "known transaction",
+                "already imported")
 
 _ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
 _PANIC_SELECTOR = bytes.fromhex("4e487b71")  # Panic(uint256)

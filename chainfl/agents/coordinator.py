@@ -86,6 +86,9 @@ class Coordinator:
         self._waiting_on: dict[int, set] = {}   # round -> nodes whose blobs are awaited (logged once)
         self._silence_logged: set[tuple[int, int]] = set()
         self._models: dict[bytes, object] = {}   # digest -> verified state (the last two loaded)
+        self._stop: dict | None = None           # an early stop decided (kept while the release waits)
+        self._report_cache: dict[str, tuple] = {}   # model hex -> (points entry, reports) once every node reported
+        self.stop_decision = None               # the last stopping.StopDecision (None: no stopping rule)
 
     def __repr__(self) -> str:
         return f"Coordinator({self.address}, task {self.task_id})"
@@ -177,6 +180,10 @@ class Coordinator:
             return self._finish(task, f"{done} round(s) finalized as planned")
         if modelio.is_gbdt(spec) and done and self._ensemble_done(task.head):
             return self._finish(task, f"{done} round(s) finalized: every tree of the ensemble is grown")
+        if spec.stopping and done:
+            stop = self._early_stop(done)
+            if stop is not None:
+                return self._finish(task, stop["reason"], stopping=stop)
         streak = hist.abandoned_streak()
         if streak >= spec.max_abandoned:
             return self._finish(task, f"stopped after {done} finalized round(s): the last {streak} round(s) "
@@ -189,6 +196,45 @@ class Coordinator:
             return "reverted"
         log.info("task %s: round %s opened (deadline %s)", self.task_id, opened, deadline)
         return "opened"
+
+    def _early_stop(self, done: int) -> dict | None:
+        """The stopping section of the evidence once the nodes' reports say stop (sticky), else None."""
+        from chainfl.agents.stopping import StoppingRule, decide, robust_loss
+
+        if self._stop is not None:
+            return self._stop
+        spec, hist = self.spec, self.follower.history
+        if self.reports is None:
+            return None
+        rule = StoppingRule.from_dict(spec.stopping)
+        rounds = sorted(hist.finalized)[-3 * rule.window:]
+        points, used = [], {}
+        for r in rounds:
+            hexd = "0x" + bytes(hist.finalized[r]["digest"]).hex()
+            if hexd in self._report_cache:
+                point, reports = self._report_cache[hexd]
+            else:
+                reports = verified_reports(self.reports.reports_for(self.task_id, hexd), self.task_id, spec.nodes,
+                                           hexd)
+                loss, n = robust_loss([x.histograms[hexd] for x in reports])
+                point = (r, loss, n)
+                if len(reports) == len(spec.nodes):
+                    self._report_cache[hexd] = (point, reports)
+            points.append(point)
+            used[r] = (hexd, reports)
+        decision = decide(rule, points, len(spec.nodes), done)
+        self.stop_decision = decision
+        if not decision.stop:
+            return None
+        evidence = {}
+        for r in decision.rounds:
+            for x in used[r][1]:
+                evidence[(x.node.lower(), x.body())] = x
+        self._stop = {"rule": rule.to_dict(), "rounds": list(decision.rounds),
+                      "models": [used[r][0] for r in decision.rounds], "losses": list(decision.losses),
+                      "reason": decision.reason, "reports": list(evidence.values())}
+        log.info("task %s: %s", self.task_id, decision.reason)
+        return self._stop
 
     def _ensemble_done(self, digest: bytes) -> bool:
         from chainfl.learning import gbdt
@@ -366,7 +412,7 @@ class Coordinator:
             return task.head
         return task.head if self._has_report(task.expected, task.head) else task.accepted
 
-    def _finish(self, task, reason: str) -> str:
+    def _finish(self, task, reason: str, stopping: dict | None = None) -> str:
         spec = self.spec
         final = self._release_digest(task)
         final_hex = "0x" + final.hex()
@@ -393,7 +439,8 @@ class Coordinator:
                 "threshold_f1": self.threshold_f1, "reported_nodes": len(hists), "scaler": spec.scaler,
                 "feature_names": list(spec.feature_names), "model": spec.model}
         self.release = modelio.put_model(self.store, state, meta)
-        evidence = modelio.put_blob(self.store, evidence_blob(self.task_id, final_hex, used)) if used else None
+        evidence = modelio.put_blob(self.store, evidence_blob(self.task_id, final_hex, used, stopping)) \
+            if (used or stopping) else None
         try:
             self.registry.close_task(self.task_id, self.release.digest, self.release.cid, self.account, reason,
                                      evidence_digest=evidence.digest if evidence else None,

@@ -145,8 +145,9 @@ class DirectoryReportBox:
 
 
 def verified_reports(reports, task_id: int, nodes, model_digest: str) -> list[NodeReport]:
-    """One verified report on ``model_digest`` (``0x`` hex) per node of ``nodes`` (sorted by node;
-    a node's last readable report wins)."""
+    """One verified report on ``model_digest`` (``0x`` hex) per node of ``nodes`` (sorted by node).
+    A node that signed several different reports on one model gets the one whose body hashes
+    lowest: the same choice whatever order a channel or an evidence blob lists them in."""
     members = {n.lower() for n in nodes}
     chosen: dict[str, NodeReport] = {}
     for r in reports:
@@ -157,7 +158,9 @@ def verified_reports(reports, task_id: int, nodes, model_digest: str) -> list[No
         if not r.verify():
             log.warning("ignoring a report for task %s claiming to be from %s: bad signature", task_id, r.node)
             continue
-        chosen[r.node.lower()] = r
+        key = r.node.lower()
+        if key not in chosen or hashlib.sha256(r.body()).digest() < hashlib.sha256(chosen[key].body()).digest():
+            chosen[key] = r
     return [chosen[k] for k in sorted(chosen)]
 
 
@@ -169,11 +172,33 @@ def histograms_for(reports, task_id: int, nodes, model_digest: str) -> list[dict
 EVIDENCE_KIND = "reports"
 
 
-def evidence_blob(task_id: int, model_digest: str, reports: list[NodeReport]) -> bytes:
+def evidence_blob(task_id: int, model_digest: str, reports: list[NodeReport], stopping: dict | None = None) -> bytes:
     """Canonical JSON of the signed reports a decision on ``model_digest`` used (each report cut
-    down to that model's histogram would break its signature, so reports travel whole)."""
-    return canonical_json({"kind": EVIDENCE_KIND, "task": int(task_id), "model": model_digest,
-                           "reports": [r.to_dict() for r in sorted(reports, key=lambda r: r.node.lower())]})
+    down to that model's histogram would break its signature, so reports travel whole).
+
+    ``stopping`` (an early stop, :mod:`chainfl.agents.stopping`): ``{"rule", "rounds", "models",
+    "reports"}`` — the reports of the models the stop decision read, kept apart from the threshold
+    reports."""
+    body = {"kind": EVIDENCE_KIND, "task": int(task_id), "model": model_digest,
+            "reports": [r.to_dict() for r in sorted(reports, key=lambda r: r.node.lower())]}
+    if stopping is not None:
+        body["stopping"] = {**{k: v for k, v in stopping.items() if k != "reports"},
+                            "reports": [r.to_dict() for r in sorted(stopping["reports"],
+                                                                    key=lambda r: (r.node.lower(), r.body()))]}
+    return canonical_json(body)
+
+
+def parse_stopping(blob: bytes) -> tuple[dict, list[NodeReport]] | None:
+    """The stopping section of an evidence blob and its reports (None: the task was not stopped
+    early); AgentError if malformed."""
+    try:
+        d = json.loads(blob.decode("utf-8"))
+        section = d.get("stopping")
+        if section is None:
+            return None
+        return dict(section), [NodeReport.from_dict(r) for r in section["reports"]]
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise AgentError(f"the stopping evidence is malformed: {e}") from e
 
 
 def parse_evidence(blob: bytes) -> tuple[int, str, list[NodeReport]]:

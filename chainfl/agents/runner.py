@@ -39,7 +39,7 @@ from chainfl.agents import modelio
 from chainfl.agents.coordinator import Coordinator
 from chainfl.agents.node import LocalData, NodeAgent
 from chainfl.agents.reports import MemoryReportBox
-from chainfl.agents.setup import build_spec, model_for, open_registry
+from chainfl.agents.setup import build_spec, model_for, open_registry, stopping_settings
 from chainfl.agents.threshold import merge_histograms, score_histogram, threshold_from_histogram
 from chainfl.aggregation.attacks import ATTACKS, AttackConfig, choose_malicious
 from chainfl.data.partition import format_summary, partition
@@ -62,7 +62,9 @@ class RunConfig:
     mode: str = "chained"            # "chained" (model travels node to node) or "federated"
     nodes: int = 5                   # node accounts (dev accounts 1..nodes; 0 coordinates)
     rounds: int | None = None        # chained: passes over all nodes (None: 3); federated: rounds (None:
-                                     #   what the model needs: gbdt's trees, 3 for networks)
+                                     #   what the model needs: gbdt's trees; networks up to 100, stopped early)
+    stop_patience: int | None = None  # federated networks: stop after this many rounds without improvement in
+                                     #   the nodes' validation reports (None: 5 when rounds is None, else off; 0: off)
     strategy: str = "screened-fedavg"  # federated aggregation strategy (aggregation.STRATEGIES); flags go on chain
     gate: bool = True                # chained: validation gate on incoming models
     partition: str = "iid"           # iid | dirichlet | quantity | blocks
@@ -424,7 +426,7 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
                           stats=[d.stats() for d in locals_], hidden=cfg.hidden, model_kind=cfg.model_kind,
                           epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, strategy=cfg.strategy,
                           gate=cfg.gate, seed=cfg.seed, round_seconds=cfg.round_seconds,
-                          fetch_patience=IN_PROCESS_FETCH_PATIENCE)
+                          fetch_patience=IN_PROCESS_FETCH_PATIENCE, stopping=stopping_settings(cfg.stop_patience))
         attackers = assign_attacks(cfg.nodes, cfg.attack, cfg.malicious_fraction, cfg.seed)
         malicious = sorted(i for i, kind in attackers.items() if kind != "outsider")
         # outsiders: registered members that are not nodes of the task, trying to submit anyway
@@ -474,6 +476,9 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
                            timings={k: round(v, 2) for k, v in timings.items()}, data=data.info)
         result.data["model"] = spec.model.get("kind", "mlp")
         result.data["planned_rounds"] = spec.rounds
+        result.data["close_reason"] = coordinator.close_reason
+        if spec.mode == "federated":
+            result.data["finalized_rounds"] = len(coordinator.follower.history.finalized)
         result.data["malicious"] = [accounts[i].address for i in malicious] + [a.address for a in outsiders]
         result.data["attackers"] = {**{accounts[i].address: attackers[i] for i in malicious},
                                     **{a.address: "outsider" for a in outsiders}}

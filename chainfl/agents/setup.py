@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from chainfl.agents.spec import TaskSpec
+from chainfl.agents.stopping import StoppingRule
 from chainfl.aggregation.strategies import Strategy, get_strategy
 from chainfl.chain.registry import Registry
 from chainfl.data.scaling import FeatureStats, Scaler
@@ -85,8 +86,12 @@ def open_registry(chain, address: str | None = None, *, deploy: bool = False, ad
     return registry
 
 
+#: A federated network task without --rounds: at most this many rounds, stopped early when the
+#: nodes' validation reports stop improving (chainfl.agents.stopping).
+DEFAULT_NETWORK_ROUNDS = 100
+
 #: The default federated gbdt (measured in benchmarks/results/models_offline.md and
-#: benchmarks/results/gbdt_chain.md): depth 4, learning rate 0.3, 4 trees grown at once
+#: benchmarks/results/default_run.md): depth 4, learning rate 0.3, 4 trees grown at once
 #: (staggered), 32 quantile bins from the merged grid counts; 76 trees = 80 rounds (bins round
 #: included). Pooled == federated at any partition: F1 0.929 +- 0.007 on eth_fraud (3 seeds).
 DEFAULT_GBDT = dict(n_trees=76, depth=4, learning_rate=0.3, concurrent_trees=4)
@@ -132,12 +137,22 @@ def gbdt_config(n_features: int, node_rows=(), rounds: int | None = None, **sett
     return cfg
 
 
+def stopping_settings(patience: int | None) -> dict | None:
+    """``--stop-patience``: None = the default (:func:`build_spec` decides), 0 = off, N = stop
+    after N rounds without improvement (the rule's other settings at their defaults)."""
+    if patience is None:
+        return None
+    if patience < 0:
+        raise ConfigError(f"--stop-patience must be >= 0 (0 = off), got {patience}")
+    return {} if patience == 0 else {"patience": int(patience)}
+
+
 def build_spec(*, mode: str, nodes, rounds: int | None, stats: list[FeatureStats], hidden=(32, 16),
                model_kind: str = "mlp", epochs: int = 1, batch_size: int = 32, lr: float = 1e-2,
                strategy: str | Strategy = "fedavg", gate: bool = True, seed: int = 0,
                round_seconds: int = 600, quorum: int = 0, turn_seconds: int = 120, fetch_patience: int = 60,
                max_abandoned: int = 3, node_samples: dict | None = None, limits: dict | None = None,
-               gbdt: dict | None = None) -> TaskSpec:
+               gbdt: dict | None = None, stopping: dict | None = None) -> TaskSpec:
     """A :class:`TaskSpec` whose scaler is agreed from the nodes' aggregate statistics only.
 
     ``strategy`` is a name from ``STRATEGIES`` or a configured :class:`Strategy` (e.g. screening
@@ -149,7 +164,13 @@ def build_spec(*, mode: str, nodes, rounds: int | None, stats: list[FeatureStats
     ``model_kind="gbdt"`` (federated only): the trees of :func:`gbdt_config` (``gbdt``: settings
     over :data:`DEFAULT_GBDT`); ``rounds`` None = as many rounds as its trees need, else as many
     trees as fit; ``strategy`` a boosting strategy (``screened-sum``, ``sum``; the network names
-    ``screened-fedavg`` / ``fedavg`` map to them). Networks: ``rounds`` None = 3.
+    ``screened-fedavg`` / ``fedavg`` map to them). Networks: ``rounds`` None = 3 passes in
+    chained mode; federated: up to :data:`DEFAULT_NETWORK_ROUNDS` rounds, stopped early on the
+    nodes' validation reports (:mod:`chainfl.agents.stopping`).
+
+    ``stopping``: early-stopping settings (:class:`~chainfl.agents.stopping.StoppingRule` fields
+    over its defaults); ``{}`` = off; None = on exactly when a federated network task's
+    ``rounds`` is None (given rounds are run; a gbdt task runs its trees).
 
     Features that ``detect`` cannot compute from a chain are recorded (``chain_features`` is the
     computable subset) and named in a warning.
@@ -178,8 +199,13 @@ def build_spec(*, mode: str, nodes, rounds: int | None, stats: list[FeatureStats
         rows = list(node_samples.values()) or [int(s.count) for s in stats]
         boosting = gbdt_config(len(scaler.feature_names), rows, rounds, **dict(gbdt or {}))
         rounds = boosting.rounds()
-    elif rounds is None:
-        rounds = 3
+    if stopping is None:     # on when the user left the rounds to the model (networks only)
+        stopping = StoppingRule().to_dict() if (rounds is None and boosting is None
+                                                and mode == "federated") else {}
+    elif stopping:
+        stopping = StoppingRule.from_dict({**StoppingRule().to_dict(), **dict(stopping)}).to_dict()
+    if rounds is None:
+        rounds = DEFAULT_NETWORK_ROUNDS if (mode == "federated" and stopping) else 3
     if mode == "federated":
         if boosting is not None:
             chosen = strategy if isinstance(strategy, BoostingStrategy) else get_boosting_strategy(
@@ -204,7 +230,7 @@ def build_spec(*, mode: str, nodes, rounds: int | None, stats: list[FeatureStats
                     strategy=strategy_spec, gate=ValidationGate().to_dict() if (gate and mode == "chained") else {},
                     round_seconds=round_seconds, quorum=quorum, seed=seed, node_samples=dict(node_samples),
                     turn_seconds=turn_seconds, fetch_patience=fetch_patience, max_abandoned=max_abandoned,
-                    limits=dict(limits or {}), chain_features=tuple(computable))
+                    limits=dict(limits or {}), chain_features=tuple(computable), stopping=dict(stopping))
     if "max_blob_bytes" not in spec.limits:
         spec = replace(spec, limits={**spec.limits, "max_blob_bytes": blob_cap(spec)})
     return spec

@@ -56,7 +56,8 @@ class TaskSpec:
                                                 #   is rejected (chained) or flagged (federated)
     max_abandoned: int = 3                      # federated: abandoned rounds in a row that end the task
     stopping: dict = field(default_factory=dict)  # federated early stopping on the nodes' validation
-                                                #   reports ({} = run all rounds)
+                                                #   reports: agents.stopping.StoppingRule as a dict
+                                                #   ({} = run all rounds)
     version: int = SPEC_VERSION                 # format version of this spec
 
     def __post_init__(self):
@@ -76,6 +77,12 @@ class TaskSpec:
                               f"the coordinator skips its turn")
         if self.max_abandoned < 1:
             raise ConfigError(f"max_abandoned must be >= 1, got {self.max_abandoned}")
+        if self.stopping:
+            from chainfl.agents.stopping import StoppingRule
+
+            if self.mode != "federated":
+                raise ConfigError("early stopping (stopping) is for federated tasks; chained tasks run their passes")
+            StoppingRule.from_dict(self.stopping)
         lowered = {a.lower() for a in self.nodes}
         outside = [a for a in self.node_samples if a.lower() not in lowered]
         if outside:

@@ -53,8 +53,11 @@ def check_planned(a) -> None:
     if a.h.mode == Mode.CHAINED and len(a.h.handoffs) < a.spec.total_handoffs:
         a.warnings.append(f"task closed after {len(a.h.handoffs)} handoffs; the spec plans {a.spec.total_handoffs} "
                           f"({a.spec.rounds} passes over {len(a.spec.nodes)} nodes){why}")
+    from chainfl.agents.stopping import STOP_PREFIX
+
     done = sum(1 for r in a.h.rounds if r.finalized)
-    if a.h.mode == Mode.FEDERATED and done < a.spec.rounds:
+    stopped = (a.h.closed.reason or "").startswith(STOP_PREFIX)     # checked by check_stopping
+    if a.h.mode == Mode.FEDERATED and done < a.spec.rounds and not stopped:
         a.warnings.append(f"task closed after {done} finalized rounds; the spec plans {a.spec.rounds}{why}")
 
 
@@ -187,3 +190,55 @@ def _check_threshold(a, info: dict, meta: dict, released: bytes, reports) -> Non
         a.violate("release-threshold", f"the release threshold {recorded} (from {meta.get('reported_nodes')} "
                   f"report(s)) does not follow from the {len(reports)} signed report(s) of the evidence, which give "
                   f"{threshold}", node=closed.by, cid=closed.release_cid)
+
+
+def check_stopping(a, info: dict | None) -> None:
+    """An early stop follows from its evidence: every report a valid signed report of a task
+    node, the models the task's consecutive aggregates, the rule the spec's, and the rule
+    re-applied says stop (:func:`chainfl.agents.stopping.check_evidence`)."""
+    from chainfl.agents.modelio import MAX_SPEC_BYTES
+    from chainfl.agents.reports import parse_stopping
+    from chainfl.agents.stopping import STOP_PREFIX, StoppingRule, check_evidence
+    from chainfl.errors import AgentError
+
+    closed = a.h.closed
+    if closed is None or a.spec is None or a.h.mode != Mode.FEDERATED:
+        return
+    claims = (closed.reason or "").startswith(STOP_PREFIX)
+    parsed = None
+    if closed.evidence_digest is not None:
+        try:
+            parsed = parse_stopping(a.cache.blob(closed.evidence_digest, closed.evidence_cid or "",
+                                                 max_bytes=MAX_SPEC_BYTES))
+        except BlobProblem:
+            return                                   # reported with the release evidence
+        except AgentError as e:
+            a.violate("evidence-invalid", f"stopping evidence: {e}", node=closed.by, cid=closed.evidence_cid)
+            return
+    if parsed is None:
+        if claims:
+            a.violate("stop-unjustified", "the task closed as stopped early but its evidence holds no stopping "
+                      "reports", node=closed.by, cid=closed.evidence_cid)
+        return
+    section, reports = parsed
+    if not a.spec.stopping:
+        a.violate("stop-unjustified", "the evidence records an early stop but the task spec has no stopping rule",
+                  node=closed.by, cid=closed.evidence_cid)
+        return
+    rule = StoppingRule.from_dict(a.spec.stopping)
+    if section.get("rule") != rule.to_dict():
+        a.violate("stop-unjustified", f"the stopping evidence applies the rule {section.get('rule')}, not the "
+                  f"spec's {rule.to_dict()}", node=closed.by, cid=closed.evidence_cid)
+        return
+    if any(r.task_id != a.h.task_id or not a.participant(r.node) or not r.verify() for r in reports):
+        a.violate("evidence-invalid", "the stopping evidence holds a report that is not a valid signed report of "
+                  "a task node", node=closed.by, cid=closed.evidence_cid)
+        return
+    finalized = {r.round: hx(r.digest) for r in a.h.rounds if r.finalized}
+    decision, problem = check_evidence(section, reports, rule=rule, task_id=a.h.task_id, nodes=a.spec.nodes,
+                                       finalized_models=finalized)
+    if problem:
+        a.violate("stop-unjustified", problem, node=closed.by, cid=closed.evidence_cid)
+        return
+    if info is not None:
+        info["stopping"] = decision.to_dict()

@@ -308,6 +308,7 @@ def verify_history(history: History, store, live_state=None, *, timeout: float =
     release.check_final(a, live_state)
     release.check_planned(a)
     release_info = release.check_release(a)
+    release.check_stopping(a, release_info)
     _store_verdict(a, store)
     for address, s in a.nodes.items():
         if history.mode == Mode.CHAINED:

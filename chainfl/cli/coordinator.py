@@ -33,7 +33,11 @@ def _write_atomic(path: str, obj) -> None:
               help="Per-node statistics from `chainfl node stats` (repeat --stats for each node).")
 @click.option("--rounds", type=click.IntRange(1), default=None,
               help="Chained: passes over the nodes [default: 3]; federated: rounds [default: what the model "
-                   "needs: 80 for the default gbdt, 3 for mlp/logreg]; with gbdt, as many trees as fit.")
+                   "needs: 80 for the default gbdt; mlp/logreg up to 100, stopped early (--stop-patience)]; with gbdt, as many trees as fit.")
+@click.option("--stop-patience", type=click.IntRange(0), default=None,
+              help="Federated mlp/logreg: end the task when the median of the nodes' signed validation losses has "
+                   "not improved for this many rounds (recorded on chain, re-checked by the audit); 0 = off "
+                   "[default: 5 when --rounds is not given, else off].")
 @click.option("--strategy", default="screened-fedavg", show_default=True,
               help="Federated aggregation strategy (gbdt: screened-sum = screened-fedavg, sum = fedavg; "
                    "mlp/logreg: any of `chainfl run --help`).")
@@ -73,7 +77,7 @@ def _write_atomic(path: str, obj) -> None:
 @rpc_option
 @store_option
 @json_option
-def run_cmd(mode, nodes, stats_files, rounds, strategy, no_gate, epochs, hidden, model, seed, round_seconds,
+def run_cmd(mode, nodes, stats_files, rounds, stop_patience, strategy, no_gate, epochs, hidden, model, seed, round_seconds,
             quorum, turn_timeout, fetch_patience, report_timeout, reports_dir, task_id, from_block, task_file,
             force_new, quiet, registry_address, deploy, poll, timeout, account, keystore, rpc, store, as_json):
     """Create a task from the nodes' statistics and drive it: rounds/turns, decisions on every
@@ -86,7 +90,7 @@ def run_cmd(mode, nodes, stats_files, rounds, strategy, no_gate, epochs, hidden,
     from chainfl.agents.reports import DirectoryReportBox
     from chainfl.agents.runner import limit_torch_threads
     from chainfl.agents.setup import (build_spec, load_signer, model_for, open_registry, read_stats, resolve_nodes,
-                                      stats_for_nodes)
+                                      stats_for_nodes, stopping_settings)
     from chainfl.chain import connect
     from chainfl.storage import open_store
 
@@ -114,7 +118,7 @@ def run_cmd(mode, nodes, stats_files, rounds, strategy, no_gate, epochs, hidden,
                               model_kind=model_for(mode, strategy) if model == "auto" else model,
                               epochs=epochs, strategy=strategy, gate=not no_gate, seed=seed,
                               round_seconds=round_seconds, quorum=quorum, turn_seconds=turn_timeout,
-                              fetch_patience=fetch_patience)
+                              fetch_patience=fetch_patience, stopping=stopping_settings(stop_patience))
             same = None if force_new else _open_task_like(registry, signer.address, spec, from_block)
             if same is not None:
                 task_id, from_block = same

@@ -17,7 +17,7 @@ def _table(result) -> None:
     table.add_column("setting / metric", overflow="fold")
     table.add_column("value", justify="right", overflow="fold")
     rows = [
-        ("nodes x rounds", f"{c.nodes} x {result.data.get('planned_rounds', c.rounds)}"),
+        ("nodes x rounds", f"{c.nodes} x {_rounds(result)}"),
         ("model", result.data.get("model", c.model)),
         ("strategy" if c.mode == "federated" else "validation gate",
          c.strategy if c.mode == "federated" else ("on" if c.gate else "off")),
@@ -59,6 +59,16 @@ def _nodes(n: int) -> str:
     return f"{n} node" if n == 1 else f"{n} nodes"
 
 
+def _rounds(result) -> str:
+    from chainfl.agents.stopping import STOP_PREFIX
+
+    planned = result.data.get("planned_rounds", result.config.rounds)
+    done = result.data.get("finalized_rounds")
+    if done is not None and (result.data.get("close_reason") or "").startswith(STOP_PREFIX):
+        return f"{done} (stopped early on the nodes' validation reports; up to {planned})"
+    return f"{planned}"
+
+
 def _f(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
@@ -68,7 +78,11 @@ def _f(v) -> str:
 @click.option("--nodes", type=int, default=5, show_default=True, help="Node accounts (data holders).")
 @click.option("--rounds", type=click.IntRange(1), default=None,
               help="Chained: passes over all nodes [default: 3]; federated: rounds [default: what the model "
-                   "needs: 80 for the default gbdt (76 trees), 3 for mlp/logreg]. With gbdt, as many trees as fit.")
+                   "needs: 80 for the default gbdt (76 trees); mlp/logreg up to 100, stopped early (--stop-patience)]. With gbdt, as many trees as fit.")
+@click.option("--stop-patience", type=click.IntRange(0), default=None,
+              help="Federated mlp/logreg: end the task when the median of the nodes' signed validation losses has "
+                   "not improved for this many rounds (recorded on chain, re-checked by the audit); 0 = off "
+                   "[default: 5 when --rounds is not given, else off].")
 @click.option("--strategy", default="screened-fedavg", show_default=True,
               help="Federated aggregation strategy. gbdt: screened-sum (= screened-fedavg: validity bounds + "
                    "label-consistency screen) or sum (= fedavg: bounds only); mlp/logreg: fedavg, median, "
@@ -118,7 +132,7 @@ def _f(v) -> str:
 @rpc_option
 @store_option
 @json_option
-def run_cmd(mode, nodes, rounds, strategy, no_gate, partition_, alpha, attack, malicious_fraction, data_path,
+def run_cmd(mode, nodes, rounds, stop_patience, strategy, no_gate, partition_, alpha, attack, malicious_fraction, data_path,
             label, features, drop, features_file, fill, max_rows, max_bytes, test_fraction, val_fraction,
             dataset, accounts, eval_accounts, epochs, lr, model, seed, registry_address, out, quiet, rpc,
             store, as_json):
@@ -133,7 +147,7 @@ def run_cmd(mode, nodes, rounds, strategy, no_gate, partition_, alpha, attack, m
     if data_path and dataset:
         raise click.UsageError("use either --data CSV or --dataset, not both")
     source = "csv" if data_path else (dataset or "simulate")
-    cfg = RunConfig(mode=mode, nodes=nodes, rounds=rounds, strategy=strategy, gate=not no_gate,
+    cfg = RunConfig(mode=mode, nodes=nodes, rounds=rounds, stop_patience=stop_patience, strategy=strategy, gate=not no_gate,
                     partition=partition_, alpha=alpha,
                     attack=",".join("gaussian-noise" if k.strip() == "noise" else k.strip() for k in attack.split(",")),
                     malicious_fraction=malicious_fraction, dataset=source, data=data_path, label=label,

@@ -1,0 +1,146 @@
+"""Early stopping on the nodes' signed validation reports: the rule, its robustness to lying
+reporters, a federated task that stops on the embedded chain and audits, and an unjustified stop
+that the audit names."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from chainfl.agents import stopping as S
+from chainfl.agents.reports import NodeReport, parse_stopping
+from chainfl.agents.setup import DEFAULT_NETWORK_ROUNDS
+from chainfl.agents.threshold import score_histogram
+from chainfl.audit import audit_task
+from chainfl.errors import ConfigError
+
+
+def _hist(rng, quality: float, n: int = 60, frauds: int = 10) -> dict:
+    """A node's histogram of a model whose log-odds separate the classes by ``quality``."""
+    y = np.r_[np.ones(frauds), np.zeros(n - frauds)]
+    z = rng.normal(0, 1, n) + np.where(y == 1, quality, -quality)
+    return score_histogram(1 / (1 + np.exp(-z)), y)
+
+
+def test_node_loss_reads_the_class_balanced_log_loss_from_a_histogram():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(20), np.zeros(80)]
+    z = rng.normal(0, 2, 100) + np.where(y == 1, 1.5, -1.5)
+    exact = 0.5 * (np.logaddexp(0, -z[y == 1]).mean() + np.logaddexp(0, z[y == 0]).mean())
+    assert S.node_loss(score_histogram(1 / (1 + np.exp(-z)), y)) == pytest.approx(exact, abs=0.03)
+    only_neg = score_histogram(np.full(5, 0.1), np.zeros(5))
+    assert S.node_loss(only_neg) == pytest.approx(np.logaddexp(0, math.log(0.1 / 0.9)), abs=0.06)
+    assert S.node_loss({"pos": [0] * len(S.CENTRES), "neg": [0] * len(S.CENTRES)}) is None
+    assert S.node_loss({"pos": [1], "neg": [1]}) is None          # wrong binning: not a loss
+
+
+def _points(curve, reporters=10):
+    return [(r + 1, loss, reporters) for r, loss in enumerate(curve)]
+
+
+def test_the_rule_stops_on_a_plateau_and_not_while_improving():
+    rule = S.StoppingRule(patience=3, min_delta=0.01, min_rounds=4)
+    improving = [1.0 / (1 + r) for r in range(12)]
+    assert not S.decide(rule, _points(improving), 10, 12).stop
+    plateau = improving[:6] + [improving[5] * 1.001] * 6
+    d = S.decide(rule, _points(plateau), 10, 12)
+    assert d.stop and d.rounds == tuple(range(7, 13)) and d.reason.startswith(S.STOP_PREFIX)
+    assert not S.decide(rule, _points(plateau), 10, 3).stop                       # min_rounds
+    # the newest models have no reports yet (nodes report while the next round runs): the
+    # window ends at the last model with enough reports
+    lagging = _points(plateau) + [(13, None, 0)]
+    assert S.decide(rule, lagging, 10, 13).rounds == tuple(range(7, 13))
+    # a hole in the reports inside the window: no stop (never on missing evidence)
+    holed = _points(plateau)
+    holed[8] = (9, holed[8][1], 2)
+    assert not S.decide(rule, holed, 10, 12).stop
+    assert not S.decide(rule, [], 10, 12).stop
+
+
+@pytest.mark.parametrize("bad", [{"patience": 0}, {"min_delta": 1.0}, {"min_rounds": 0}, {"min_reporters": 0},
+                                 {"patiance": 3}])
+def test_bad_settings_name_the_problem(bad):
+    with pytest.raises(ConfigError, match="stopping"):
+        S.StoppingRule.from_dict(bad)
+
+
+def test_a_lying_minority_can_neither_force_nor_prevent_a_stop():
+    """7 honest reporters, 3 liars (fewer than half): reports of a perfect model cannot keep an
+    honest plateau going, reports of an awful one cannot stop a model that still improves."""
+    rng = np.random.default_rng(1)
+    rule = S.StoppingRule(patience=2, min_delta=0.02, min_rounds=1)
+
+    def points(qualities, liar_quality):
+        out = []
+        for r, q in enumerate(qualities, 1):
+            hists = [_hist(rng, q) for _ in range(7)] + [_hist(rng, liar_quality(r)) for _ in range(3)]
+            loss, n = S.robust_loss(hists)
+            out.append((r, loss, n))
+        return out
+
+    plateau = [2.0, 2.0, 2.0, 2.0]
+    assert S.decide(rule, points(plateau, lambda r: 2.0), 10, 4).stop
+    assert S.decide(rule, points(plateau, lambda r: 2.0 + 3 * r), 10, 4).stop          # "keeps improving"
+    improving = [0.5, 1.0, 2.0, 3.0]
+    assert not S.decide(rule, points(improving, lambda r: 0.5), 10, 4).stop
+    assert not S.decide(rule, points(improving, lambda r: 5.0 - r), 10, 4).stop         # "got worse"
+
+
+def test_network_defaults_stop_early_and_given_rounds_run(world):
+    spec = world.spec("federated", rounds=None)
+    assert spec.rounds == DEFAULT_NETWORK_ROUNDS and spec.stopping == S.StoppingRule().to_dict()
+    assert world.spec("federated", rounds=7).stopping == {}
+    assert world.spec("federated", rounds=None, model_kind="gbdt",
+                      gbdt=dict(n_trees=2, depth=2, concurrent_trees=1), strategy="sum").stopping == {}
+    assert world.spec("federated", rounds=7, stopping={"patience": 2}).stopping["patience"] == 2
+    with pytest.raises(ConfigError, match="federated"):
+        world.spec("chained", rounds=2, stopping={"patience": 2})
+    with pytest.raises(ConfigError, match="patience"):
+        world.spec("federated", rounds=None, stopping={"patience": -1})
+
+
+QUICK = dict(patience=1, min_delta=0.5, min_rounds=2)   # any round short of halving the loss: stop
+
+
+def test_a_federated_task_stops_on_the_reports_and_the_audit_recomputes_it(world):
+    coordinator = world.coordinator()
+    spec = world.spec("federated", rounds=None, stopping=QUICK)
+    task_id = coordinator.create_task(spec)
+    world.drive(coordinator, [world.agent(i, task_id) for i in range(3)])
+
+    assert world.registry.task(task_id).closed
+    finals = world.events(task_id, "RoundFinalized")
+    assert 2 <= len(finals) < spec.rounds
+    assert coordinator.close_reason.startswith(S.STOP_PREFIX)
+    blob = world.store.get(world.events(task_id, "TaskClosed")[0]["evidenceCid"])
+    section, reports = parse_stopping(blob)
+    assert section["rule"] == spec.stopping and len(section["rounds"]) == 2
+    assert {r.node for r in reports} == {a.address for a in world.accounts}
+    report = audit_task(world.chain, world.registry, world.store, task_id)
+    assert report.ok, report.violations
+    assert report.release["stopping"]["stop"] is True
+    assert not [w for w in report.warnings if "the spec plans" in w]
+
+
+def test_an_unjustified_stop_is_a_violation(world, monkeypatch):
+    """A coordinator that stopped where the spec's rule does not (here it ignores min_rounds 50):
+    the audit re-decides from the signed reports and names the stop, and nothing else."""
+    coordinator = world.coordinator()
+    spec = world.spec("federated", rounds=None, stopping=dict(patience=1, min_delta=0.0, min_rounds=50))
+    task_id = coordinator.create_task(spec)
+    agents = [world.agent(i, task_id) for i in range(3)]
+    real = S.decide
+
+    def forged(rule, points, n, done):
+        d = real(S.StoppingRule(**{**rule.to_dict(), "min_rounds": 1, "min_delta": 0.99}), points, n, done)
+        return S.StopDecision(d.rounds, d.losses, d.reporters, d.stop, S.STOP_PREFIX + ": (forged)")
+
+    with monkeypatch.context() as m:
+        m.setattr(S, "decide", forged)
+        world.drive(coordinator, agents)
+    assert len(world.events(task_id, "RoundFinalized")) < 50
+    report = audit_task(world.chain, world.registry, world.store, task_id)
+    assert {v.kind for v in report.violations} == {"stop-unjustified"}, report.violations
+    assert "min_rounds" in str(report.violations[0]) or "< 50" in str(report.violations[0])

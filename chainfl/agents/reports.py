@@ -138,6 +138,9 @@ class DirectoryReportBox:
         out = []
         for path in sorted(folder.glob(pattern)) if folder.exists() else []:
             try:
+                if path.stat().st_size > REPORT_BYTES_CAP * MAX_MODELS_PER_REPORT:
+                    log.warning("ignoring report %s: %s bytes, more than a report holds", path, path.stat().st_size)
+                    continue
                 out.append(NodeReport.from_dict(json.loads(path.read_text())))
             except (OSError, ValueError, AgentError) as e:
                 log.warning("ignoring unreadable report %s: %s", path, e)
@@ -155,6 +158,10 @@ def verified_reports(reports, task_id: int, nodes, model_digest: str) -> list[No
             continue
         if model_digest not in r.histograms:
             continue
+        if len(r.histograms) > MAX_MODELS_PER_REPORT or len(r.body()) > REPORT_BYTES_CAP * len(r.histograms):
+            log.warning("ignoring a report for task %s from %s: %s model(s) in %s bytes exceed what a report "
+                        "holds", task_id, r.node, len(r.histograms), len(r.body()))
+            continue
         if not r.verify():
             log.warning("ignoring a report for task %s claiming to be from %s: bad signature", task_id, r.node)
             continue
@@ -170,6 +177,19 @@ def histograms_for(reports, task_id: int, nodes, model_digest: str) -> list[dict
 
 
 EVIDENCE_KIND = "reports"
+#: Bytes one signed report of one model may take in an evidence blob (~1.2 kB measured: two lists
+#: of 242 counts, the signature, the addresses), with room to spare.
+REPORT_BYTES_CAP = 8 * 1024
+#: Models one report may name (nodes name one; chained nodes at most the head and the accepted model).
+MAX_MODELS_PER_REPORT = 4
+
+
+def evidence_cap(spec) -> int:
+    """The largest evidence blob a task can need: the threshold reports (one per node) and, with
+    early stopping, the reports of ``2 x patience`` models — bounded by the task, not by input."""
+    models = 1 + (2 * int(spec.stopping.get("patience", 5)) if spec is not None and spec.stopping else 0)
+    nodes = len(spec.nodes) if spec is not None else 0
+    return 4 * 2**20 + REPORT_BYTES_CAP * nodes * models
 
 
 def evidence_blob(task_id: int, model_digest: str, reports: list[NodeReport], stopping: dict | None = None) -> bytes:

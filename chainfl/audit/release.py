@@ -139,10 +139,10 @@ def _evidence(a, info: dict, released: bytes):
     closed = a.h.closed
     if closed.evidence_digest is None:
         return None
-    from chainfl.agents.modelio import MAX_SPEC_BYTES
+    from chainfl.agents.reports import evidence_cap
 
     try:
-        blob = a.cache.blob(closed.evidence_digest, closed.evidence_cid or "", max_bytes=MAX_SPEC_BYTES)
+        blob = a.cache.blob(closed.evidence_digest, closed.evidence_cid or "", max_bytes=evidence_cap(a.spec))
         task_id, model, reports = parse_evidence(blob)
     except BlobProblem as p:
         a.violate(p.kind, f"release evidence: {p.message}", node=closed.by, cid=closed.evidence_cid)
@@ -196,8 +196,7 @@ def check_stopping(a, info: dict | None) -> None:
     """An early stop follows from its evidence: every report a valid signed report of a task
     node, the models the task's consecutive aggregates, the rule the spec's, and the rule
     re-applied says stop (:func:`chainfl.agents.stopping.check_evidence`)."""
-    from chainfl.agents.modelio import MAX_SPEC_BYTES
-    from chainfl.agents.reports import parse_stopping
+    from chainfl.agents.reports import evidence_cap, parse_stopping
     from chainfl.agents.stopping import STOP_PREFIX, StoppingRule, check_evidence
     from chainfl.errors import AgentError
 
@@ -209,7 +208,7 @@ def check_stopping(a, info: dict | None) -> None:
     if closed.evidence_digest is not None:
         try:
             parsed = parse_stopping(a.cache.blob(closed.evidence_digest, closed.evidence_cid or "",
-                                                 max_bytes=MAX_SPEC_BYTES))
+                                                 max_bytes=evidence_cap(a.spec)))
         except BlobProblem:
             return                                   # reported with the release evidence
         except AgentError as e:

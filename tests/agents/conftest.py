@@ -59,7 +59,8 @@ class World:
         return Coordinator(self.registry, self.store, self.coordinator_account, reports=self.box, **kw)
 
     def agent(self, i: int, task_id: int, cls=NodeAgent, **kw) -> NodeAgent:
-        return cls(self.registry, self.store, self.accounts[i], task_id, self.datas[i], reports=self.box, **kw)
+        kw.setdefault("reports", self.box)
+        return cls(self.registry, self.store, self.accounts[i], task_id, self.datas[i], **kw)
 
     def drive(self, coordinator: Coordinator, agents, max_steps: int = 200) -> None:
         """Step the coordinator and every agent in a fixed order until the task is closed."""

@@ -144,3 +144,82 @@ def test_an_unjustified_stop_is_a_violation(world, monkeypatch):
     report = audit_task(world.chain, world.registry, world.store, task_id)
     assert {v.kind for v in report.violations} == {"stop-unjustified"}, report.violations
     assert "min_rounds" in str(report.violations[0]) or "< 50" in str(report.violations[0])
+
+
+def test_a_coordinator_that_crashes_after_deciding_to_stop_stops_again_on_restart(world):
+    first = world.coordinator()
+    spec = world.spec("federated", rounds=None, stopping=QUICK)
+    task_id = first.create_task(spec)
+    agents = [world.agent(i, task_id) for i in range(3)]
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("coordinator killed before closeTask")
+
+    first._finish = crash
+    with pytest.raises(RuntimeError, match="killed"):
+        world.drive(first, agents)
+    assert first._stop is not None and not world.registry.task(task_id).closed
+    second = world.coordinator()
+    second.attach(task_id)
+    world.drive(second, agents)
+    assert world.registry.task(task_id).closed and second.close_reason.startswith(S.STOP_PREFIX)
+    assert len(world.events(task_id, "RoundFinalized")) == len(first.follower.history.finalized)
+    report = audit_task(world.chain, world.registry, world.store, task_id)
+    assert report.ok, report.violations
+
+
+class LyingBox:
+    """What a node with its own client code can send: its reports rewritten (and re-signed with its
+    key) to claim a model that keeps getting better — every row scored right, more so each round."""
+
+    def __init__(self, box, account):
+        self.box, self.account, self.sent = box, account, 0
+
+    def put(self, report: NodeReport) -> None:
+        self.sent += 1
+        fake = {}
+        for model, h in report.histograms.items():
+            n = sum(h["pos"]) + sum(h["neg"])
+            k = min(len(h["pos"]) - 1, len(h["pos"]) // 2 + 10 * self.sent)
+            pos, neg = [0] * len(h["pos"]), [0] * len(h["neg"])
+            pos[k], neg[len(neg) - 1 - k] = n // 2 + 1, n // 2 + 1
+            fake[model] = {**h, "pos": pos, "neg": neg}
+        self.box.put(NodeReport(report.task_id, report.node, fake).signed(self.account))
+
+    def __getattr__(self, name):
+        return getattr(self.box, name)
+
+
+def test_lying_reporters_cannot_keep_a_converged_task_running(world5):
+    """2 of 5 nodes claim ever-better models in their signed reports: the median of the honest
+    three still ends the task, the audit re-decides the same stop and blames nobody."""
+    world = world5
+    coordinator = world.coordinator()
+    spec = world.spec("federated", rounds=None, stopping=QUICK)
+    task_id = coordinator.create_task(spec)
+    agents = [world.agent(i, task_id) for i in range(3)] + [
+        world.agent(i, task_id, reports=LyingBox(world.box, world.accounts[i])) for i in (3, 4)]
+    world.drive(coordinator, agents, max_steps=400)
+
+    assert coordinator.close_reason.startswith(S.STOP_PREFIX)
+    assert len(world.events(task_id, "RoundFinalized")) < spec.rounds
+    liars = {world.accounts[i].address for i in (3, 4)}
+    blob = world.store.get(world.events(task_id, "TaskClosed")[0]["evidenceCid"])
+    _, reports = parse_stopping(blob)
+    assert liars <= {r.node for r in reports}            # their reports were read, and outvoted
+    report = audit_task(world.chain, world.registry, world.store, task_id)
+    assert report.ok, report.violations
+    assert not report.misbehaving()
+
+
+def test_an_oversized_report_is_ignored():
+    from eth_account import Account
+
+    from chainfl.agents.reports import REPORT_BYTES_CAP, verified_reports
+
+    acct = Account.create()
+    h = score_histogram([0.2, 0.9], [0, 1])
+    fine = NodeReport(1, acct.address, {"0xaa": h}).signed(acct)
+    padded = NodeReport(1, acct.address, {"0xaa": {**h, "pad": "x" * REPORT_BYTES_CAP}}).signed(acct)
+    assert verified_reports([fine], 1, [acct.address], "0xaa") == [fine]
+    assert verified_reports([padded], 1, [acct.address], "0xaa") == []

@@ -87,8 +87,7 @@ class Coordinator:
         self._silence_logged: set[tuple[int, int]] = set()
         self._models: dict[bytes, object] = {}   # digest -> verified state (the last two loaded)
         self._stop: dict | None = None           # an early stop decided (kept while the release waits)
-        self._report_cache: dict[str, tuple] = {}   # model hex -> (points entry, reports) once every node reported
-        self.stop_decision = None               # the last stopping.StopDecision (None: no stopping rule)
+        self._report_cache: dict[str, tuple] = {}   # model hex -> (points entry, reports) once no more can come
 
     def __repr__(self) -> str:
         return f"Coordinator({self.address}, task {self.task_id})"
@@ -218,12 +217,13 @@ class Coordinator:
                                            hexd)
                 loss, n = robust_loss([x.histograms[hexd] for x in reports])
                 point = (r, loss, n)
-                if len(reports) == len(spec.nodes):
+                # nodes report on the newest global model only: once two newer ones exist (or every
+                # node reported) no report on this one is still to come
+                if len(reports) == len(spec.nodes) or r < rounds[-1] - 1:
                     self._report_cache[hexd] = (point, reports)
             points.append(point)
             used[r] = (hexd, reports)
         decision = decide(rule, points, len(spec.nodes), done)
-        self.stop_decision = decision
         if not decision.stop:
             return None
         evidence = {}

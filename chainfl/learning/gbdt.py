@@ -34,9 +34,10 @@ than ``2**(24 - grad_bits)`` rows (16,384 at the default 10 bits) and in the flo
 2**53. Hence order independence and federated == pooled by construction, and exact validity
 bounds (:func:`check_update`) that every honest update meets: integer values, counts >= 0,
 ``|G| <= count * 2**grad_bits``, ``0 <= H <= count * 2**grad_bits`` per cell, per-slot totals of
-count/G/H identical across features, rows per level <= the node's committed rows, and (given the
-node's previous update) child totals equal to its parent histogram's cumulative sums at the split
-the coordinator chose (:func:`check_consistency`).
+count/G/H identical across features, rows per level <= the node's committed rows. A further check
+needs the node's previous update: child totals equal to its parent histogram's cumulative sums at
+the split the coordinator chose (:func:`check_consistency`, tested here; the round decision does not
+apply it yet, since it needs every node's previous blob — ARCHITECTURE.md, known limits).
 
 The model ("state") is a flat dict of float32/int32 arrays whose shapes are fixed by the config
 (:func:`state_shapes`), so a safetensors blob of any round has known shapes; the JSON meta is

@@ -193,7 +193,9 @@ OTHERS = [("seed_scenario", "python -m benchmarks.seed_scenario", "The seed's sc
           ("models_offline", "python -m benchmarks.models_offline", "Models offline: federated gbdt vs pooled trees, PLE-MLP"),
           ("gbdt_defence", "python -m benchmarks.gbdt_defence", "The gbdt label-consistency screen under label flippers"),
           ("gbdt_defence_allowance", "python -m benchmarks.gbdt_defence", "The gbdt screen's first sweep (allowance)"),
+          ("gbdt_defence_min8", "python -m benchmarks.gbdt_defence", "The gbdt screen with min rows 8"),
           ("default_run", "python -m benchmarks.default_run", "The default federated job on the real data"),
+          ("early_stopping", "python -m benchmarks.early_stopping", "Early stopping on the nodes' validation reports"),
           ("protocol_attacks", "python -m benchmarks.protocol_attacks", "Protocol attackers on Anvil"),
           ("csv_memory", "python -m benchmarks.csv_memory", "Memory of node stats / load_csv / data prepare")]
 

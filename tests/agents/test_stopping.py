@@ -5,6 +5,7 @@ that the audit names."""
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -15,6 +16,23 @@ from chainfl.agents.setup import DEFAULT_NETWORK_ROUNDS
 from chainfl.agents.threshold import score_histogram
 from chainfl.audit import audit_task
 from chainfl.errors import ConfigError
+
+from conftest import make_world
+
+# the backends tests/conftest.py runs (same variables); each chain once, Anvil with the IPFS daemon
+CHAIN_BACKENDS = [b.strip() for b in os.environ.get("CHAINFL_TEST_CHAINS", "eth-tester,ganache,anvil").split(",") if b.strip()]
+STORE_BACKENDS = [b.strip() for b in os.environ.get("CHAINFL_TEST_STORES", "file,ipfs").split(",") if b.strip()]
+PAIRS = [(c, "ipfs" if c == "anvil" and "ipfs" in STORE_BACKENDS else "file") for c in CHAIN_BACKENDS]
+
+
+@pytest.fixture(params=PAIRS, ids=[f"{c}+{s}" for c, s in PAIRS])
+def backend_world(request, tmp_path):
+    chain, store = request.param
+    chain_url = "eth-tester://memory" if chain == "eth-tester" else request.getfixturevalue(f"{chain}_url")
+    w = make_world(tmp_path, chain_url=chain_url,
+                   store_url=request.getfixturevalue("ipfs_url") if store == "ipfs" else None)
+    yield w
+    w.chain.close()
 
 
 def _hist(rng, quality: float, n: int = 60, frauds: int = 10) -> dict:
@@ -104,7 +122,8 @@ def test_network_defaults_stop_early_and_given_rounds_run(world):
 QUICK = dict(patience=1, min_delta=0.5, min_rounds=2)   # any round short of halving the loss: stop
 
 
-def test_a_federated_task_stops_on_the_reports_and_the_audit_recomputes_it(world):
+def test_a_federated_task_stops_on_the_reports_and_the_audit_recomputes_it(backend_world):
+    world = backend_world
     coordinator = world.coordinator()
     spec = world.spec("federated", rounds=None, stopping=QUICK)
     task_id = coordinator.create_task(spec)
@@ -124,9 +143,10 @@ def test_a_federated_task_stops_on_the_reports_and_the_audit_recomputes_it(world
     assert not [w for w in report.warnings if "the spec plans" in w]
 
 
-def test_an_unjustified_stop_is_a_violation(world, monkeypatch):
+def test_an_unjustified_stop_is_a_violation(backend_world, monkeypatch):
     """A coordinator that stopped where the spec's rule does not (here it ignores min_rounds 50):
     the audit re-decides from the signed reports and names the stop, and nothing else."""
+    world = backend_world
     coordinator = world.coordinator()
     spec = world.spec("federated", rounds=None, stopping=dict(patience=1, min_delta=0.0, min_rounds=50))
     task_id = coordinator.create_task(spec)

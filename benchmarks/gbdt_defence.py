@@ -28,6 +28,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--allowances", type=float, nargs="+", default=[0.0])
     ap.add_argument("--min-rows", type=int, nargs="+", default=[0, 16])
+    ap.add_argument("--small-z", type=float, nargs="+", default=[0.0],
+                    help="ConsistencyScreen.small_z values: limit >= 0.5 + z / sqrt(rows) (0 = off)")
     ap.add_argument("--partitions", nargs="+", default=["0.5", "0.1", "iid"], help="Dirichlet alphas and/or iid")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--name", default="gbdt_defence")
@@ -45,20 +47,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows.append([label, "none", "no screen", ms(r["f1"] for r in clean), "+0.0", "–", "–"])
         log(rows[-1])
         for attack, frac in attacks:
-            for allowance, min_rows in [(a, m) for m in args.min_rows for a in args.allowances]:
-                screen = replace(SCREEN, size_allowance=allowance, min_rows=min_rows)
+            for allowance, min_rows, z in [(a, m, z) for m in args.min_rows for a in args.allowances
+                                           for z in args.small_z]:
+                screen = replace(SCREEN, size_allowance=allowance, min_rows=min_rows, small_z=z)
                 res = [run_gbdt(sp, cfg, eval_every=0, attack=attack, fraction=frac, defence="screen", screen=screen)
                        for sp in splits]
                 drop = 100 * np.mean([c["f1"] - r["f1"] for c, r in zip(clean, res)])
                 exb = [r["excluded_bad"] for r in res if r["excluded_bad"] is not None]
                 exh = [r["excluded_honest"] for r in res if r["excluded_honest"] is not None]
                 name = "none" if frac == 0 else f"{attack} {frac:.0%}"
-                rows.append([label, name, f"screen, allowance {allowance:g}, min rows {min_rows}", ms(r["f1"] for r in res),
+                rows.append([label, name, f"screen, allowance {allowance:g}, min rows {min_rows}"
+                             + (f", small-node z {z:g}" if z else ""), ms(r["f1"] for r in res),
                              f"{-drop:+.1f}", f"{100 * np.mean(exb):.1f} %" if exb else "–",
                              f"{100 * np.mean(exh):.1f} %" if exh else "–"])
-                raw[f"{label}/{name}/{allowance:g}/{min_rows}"] = [
+                raw[f"{label}/{name}/{allowance:g}/{min_rows}" + (f"/z{z:g}" if z else "")] = [
                     {k: r[k] for k in ("f1", "pr_auc", "excluded_bad", "excluded_honest", "n_bad")} for r in res]
-                headline[f"f1/{label}/{name}/{allowance:g}/{min_rows}"] = float(np.mean([r["f1"] for r in res]))
+                headline[f"f1/{label}/{name}/{allowance:g}/{min_rows}" + (f"/z{z:g}" if z else "")] = float(np.mean([r["f1"] for r in res]))
                 log(rows[-1])
     table = Table(f"Label-consistency screen, 50 nodes, default gbdt ({cfg.n_trees} trees, {cfg.rounds()} rounds), "
                   f"threshold {SCREEN.threshold}, warm-up {SCREEN.warmup_rounds} rounds; {len(seeds)} seed(s)",

@@ -742,13 +742,17 @@ class ConsistencyScreen:
                                     # (benchmarks/results/gbdt_defence.md): any allowance > 0 costs
                                     # catches, and at 30 % IID flippers 1.0 lets every one through
                                     # (the screen never starts excluding, the model stays confused)
+    small_z: float = 0.0            # > 0: a node's limit is also at least CALIBRATED + small_z / sqrt(rows)
+                                    # (a one-sided test against the calibrated mean, per-row sd <= 1):
+                                    # small nodes must be clearly inconsistent, big ones see the flat
+                                    # threshold. 0 = off (and what specs recorded without it mean)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "ConsistencyScreen":
-        return cls(**dict(d))
+        return cls(**{"small_z": 0.0, **dict(d)})
 
 
 def label_consistency(cfg: GBDTConfig, state: Mapping[str, np.ndarray], vec: np.ndarray) -> float:
@@ -783,11 +787,20 @@ def consistency(cfg: GBDTConfig, state, vec) -> tuple[float, float]:
     return math.fsum(math.fsum(t.tolist()) for t in terms) / cfg.n_features / total_rows, max(rows)
 
 
+#: chi^2 per row of calibrated labels is at most this on average (see :func:`label_consistency`).
+CALIBRATED = 0.5
+
+
 def consistency_limit(screen: "ConsistencyScreen", rows: float) -> float:
     """The chi^2 per row above which an update of ``rows`` rows (per block) is excluded."""
     import math
 
-    return screen.threshold + (screen.size_allowance / math.sqrt(rows) if rows > 0 else math.inf)
+    if rows <= 0:
+        return math.inf
+    limit = screen.threshold + screen.size_allowance / math.sqrt(rows)
+    if screen.small_z > 0:
+        limit = max(limit, CALIBRATED + screen.small_z / math.sqrt(rows))
+    return limit
 
 
 def screen_by_consistency(cfg: GBDTConfig, state: Mapping[str, np.ndarray], vectors: Sequence[np.ndarray],

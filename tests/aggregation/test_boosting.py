@@ -116,3 +116,13 @@ def test_recorded_strategy_round_trips_and_names_map():
     assert isinstance(strategy_from_spec(Strategy(name="fedavg").spec()), Strategy)
     with pytest.raises(ConfigError, match="median"):
         get_boosting_strategy("median")
+
+
+def test_the_small_node_test_raises_the_bar_for_small_nodes_only_and_is_off_in_old_specs():
+    z = G.ConsistencyScreen(min_rows=0, small_z=3.0)
+    assert G.consistency_limit(z, 4) == pytest.approx(G.CALIBRATED + 3.0 / 2)       # 2.0: the 4-row node's 1.43 passes
+    assert G.consistency_limit(z, 100) == z.threshold                               # big nodes: the flat threshold
+    assert G.consistency_limit(z, 0) == float("inf")
+    legacy = {k: v for k, v in z.to_dict().items() if k != "small_z"}               # a spec recorded before small_z
+    assert G.ConsistencyScreen.from_dict(legacy).small_z == 0.0
+    assert G.ConsistencyScreen.from_dict(z.to_dict()) == z

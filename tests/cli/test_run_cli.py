@@ -129,3 +129,21 @@ def test_run_table_is_not_cut_when_piped(chainfl_home, labelled_csv, tmp_path):
     assert "…" not in result.output and str(out) in result.output
     cid = [line for line in result.output.splitlines() if "release CID" in line][0]
     assert "bafk" in cid and len(cid.split("│")[2].strip()) == 59
+
+
+def test_run_mlp_without_rounds_stops_on_the_nodes_reports(chainfl_home, labelled_csv, tmp_path):
+    """No --rounds for a network: up to 100 rounds, stopped by the rule on the nodes' reports
+    (here after --stop-patience 2 rounds without improvement); the table says so."""
+    result = CliRunner().invoke(main, ["run", "--data", str(labelled_csv), "--label", "label", "--mode",
+                                       "federated", "--model", "logreg", "--nodes", "3", "--stop-patience", "2",
+                                       "--epochs", "1", "--out", str(tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.output
+    res = json.loads(result.output[result.output.index("{"):])
+    assert res["data"]["planned_rounds"] == 100 and 10 <= res["data"]["finalized_rounds"] < 100
+    assert res["data"]["close_reason"].startswith("stopped early on the nodes' validation reports")
+    assert res["audit"]["ok"] is True and res["audit"]["release"]["stopping"]["stop"] is True
+    table = CliRunner().invoke(main, ["run", "--data", str(labelled_csv), "--label", "label", "--mode", "federated",
+                                      "--model", "logreg", "--nodes", "3", "--stop-patience", "2", "--epochs", "1",
+                                      "--out", str(tmp_path / "run2")])
+    assert table.exit_code == 0, table.output
+    assert f"3 x {res['data']['finalized_rounds']} (stopped early" in table.output, table.output

@@ -197,8 +197,15 @@ class Coordinator:
         return "opened"
 
     def _early_stop(self, done: int) -> dict | None:
-        """The stopping section of the evidence once the nodes' reports say stop (sticky), else None."""
-        from chainfl.agents.stopping import StoppingRule, decide, robust_loss
+        """The stopping section of the evidence once the nodes' reports say stop (sticky), else None.
+
+        Reads the models before the newest finalized one (its reports are still coming in, and
+        liars can send theirs first). The decision that counts is the one re-made from exactly
+        the evidence to be recorded (:func:`~chainfl.agents.stopping.check_evidence`, what the
+        audit runs), so the audit cannot come to another verdict; evidence over the audit's cap
+        means no stop."""
+        from chainfl.agents.reports import REPORT_BYTES_CAP, evidence_blob, evidence_cap
+        from chainfl.agents.stopping import StoppingRule, check_evidence, decide, robust_loss
 
         if self._stop is not None:
             return self._stop
@@ -206,23 +213,25 @@ class Coordinator:
         if self.reports is None:
             return None
         rule = StoppingRule.from_dict(spec.stopping)
-        rounds = sorted(hist.finalized)[-3 * rule.window:]
+        finalized = sorted(hist.finalized)
+        rounds = finalized[-3 * rule.window - 1:-1]
         points, used = [], {}
-        for r in rounds:
+        for i, r in enumerate(rounds):
             hexd = "0x" + bytes(hist.finalized[r]["digest"]).hex()
             if hexd in self._report_cache:
                 point, reports = self._report_cache[hexd]
             else:
                 reports = verified_reports(self.reports.reports_for(self.task_id, hexd), self.task_id, spec.nodes,
                                            hexd)
-                loss, n = robust_loss([x.histograms[hexd] for x in reports])
-                point = (r, loss, n)
-                # nodes report on the newest global model only: once two newer ones exist (or every
-                # node reported) no report on this one is still to come
-                if len(reports) == len(spec.nodes) or r < rounds[-1] - 1:
+                point = (r, *robust_loss([x.histograms[hexd] for x in reports]))
+                # nodes report on the newest global model only: once it is two models old (or every
+                # node reported on it) no more reports on it are to come
+                if len(reports) == len(spec.nodes) or i < len(rounds) - 1:
                     self._report_cache[hexd] = (point, reports)
             points.append(point)
             used[r] = (hexd, reports)
+        keep = {used[r][0] for r in rounds}
+        self._report_cache = {k: v for k, v in self._report_cache.items() if k in keep}
         decision = decide(rule, points, len(spec.nodes), done)
         if not decision.stop:
             return None
@@ -230,10 +239,22 @@ class Coordinator:
         for r in decision.rounds:
             for x in used[r][1]:
                 evidence[(x.node.lower(), x.body())] = x
-        self._stop = {"rule": rule.to_dict(), "rounds": list(decision.rounds),
-                      "models": [used[r][0] for r in decision.rounds], "losses": list(decision.losses),
-                      "reason": decision.reason, "reports": list(evidence.values())}
-        log.info("task %s: %s", self.task_id, decision.reason)
+        section = {"rule": rule.to_dict(), "rounds": list(decision.rounds),
+                   "models": [used[r][0] for r in decision.rounds], "reports": list(evidence.values())}
+        models = {r: "0x" + bytes(hist.finalized[r]["digest"]).hex() for r in finalized}
+        checked, problem = check_evidence(section, section["reports"], rule=rule, task_id=self.task_id,
+                                          nodes=spec.nodes, finalized_models=models)
+        if problem is not None:
+            log.info("task %s: not stopping: %s", self.task_id, problem)
+            return None
+        size = len(evidence_blob(self.task_id, "0x" + "00" * 32, [], section))
+        room = evidence_cap(spec) - REPORT_BYTES_CAP * len(spec.nodes)     # the threshold reports go in too
+        if size > room:
+            log.warning("task %s: not stopping: the stopping evidence would be %s bytes (at most %s)",
+                        self.task_id, size, room)
+            return None
+        self._stop = {**section, "losses": list(checked.losses), "reason": checked.reason}
+        log.info("task %s: %s", self.task_id, checked.reason)
         return self._stop
 
     def _ensemble_done(self, digest: bytes) -> bool:

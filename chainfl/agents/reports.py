@@ -138,7 +138,7 @@ class DirectoryReportBox:
         out = []
         for path in sorted(folder.glob(pattern)) if folder.exists() else []:
             try:
-                if path.stat().st_size > REPORT_BYTES_CAP * MAX_MODELS_PER_REPORT:
+                if path.stat().st_size > 2 * REPORT_BYTES_CAP:
                     log.warning("ignoring report %s: %s bytes, more than a report holds", path, path.stat().st_size)
                     continue
                 out.append(NodeReport.from_dict(json.loads(path.read_text())))
@@ -149,26 +149,40 @@ class DirectoryReportBox:
 
 def verified_reports(reports, task_id: int, nodes, model_digest: str) -> list[NodeReport]:
     """One verified report on ``model_digest`` (``0x`` hex) per node of ``nodes`` (sorted by node).
-    A node that signed several different reports on one model gets the one whose body hashes
-    lowest: the same choice whatever order a channel or an evidence blob lists them in."""
+
+    A report counts only if its body can be written (canonical JSON), it is at most
+    :data:`REPORT_BYTES_CAP` bytes and names at most :data:`MAX_MODELS_PER_REPORT` models, its
+    histogram of this model is well formed (:func:`~chainfl.agents.threshold.valid_histogram`:
+    the shared binning, non-negative integer counts) and its signature is the node's. A node that
+    signed several such reports on one model gets the one whose body hashes lowest: the same
+    choice whatever order a channel or an evidence blob lists them in."""
+    from chainfl.agents.threshold import valid_histogram
+
     members = {n.lower() for n in nodes}
-    chosen: dict[str, NodeReport] = {}
+    chosen: dict[str, tuple[bytes, NodeReport]] = {}
     for r in reports:
-        if r.task_id != task_id or r.node.lower() not in members:
+        if r.task_id != task_id or r.node.lower() not in members or model_digest not in r.histograms:
             continue
-        if model_digest not in r.histograms:
+        try:
+            body = r.body()
+        except Exception:           # NaN, non-JSON values: not a report anyone could have signed
+            log.warning("ignoring a report for task %s claiming to be from %s: not canonical JSON", task_id, r.node)
             continue
-        if len(r.histograms) > MAX_MODELS_PER_REPORT or len(r.body()) > REPORT_BYTES_CAP * len(r.histograms):
+        if len(r.histograms) > MAX_MODELS_PER_REPORT or len(body) > REPORT_BYTES_CAP:
             log.warning("ignoring a report for task %s from %s: %s model(s) in %s bytes exceed what a report "
-                        "holds", task_id, r.node, len(r.histograms), len(r.body()))
+                        "holds", task_id, r.node, len(r.histograms), len(body))
+            continue
+        if not valid_histogram(r.histograms[model_digest]):
+            log.warning("ignoring a report for task %s from %s: its histogram of %s is malformed", task_id, r.node,
+                        model_digest[:12])
             continue
         if not r.verify():
             log.warning("ignoring a report for task %s claiming to be from %s: bad signature", task_id, r.node)
             continue
-        key = r.node.lower()
-        if key not in chosen or hashlib.sha256(r.body()).digest() < hashlib.sha256(chosen[key].body()).digest():
-            chosen[key] = r
-    return [chosen[k] for k in sorted(chosen)]
+        key, rank = r.node.lower(), hashlib.sha256(body).digest()
+        if key not in chosen or rank < chosen[key][0]:
+            chosen[key] = (rank, r)
+    return [chosen[k][1] for k in sorted(chosen)]
 
 
 def histograms_for(reports, task_id: int, nodes, model_digest: str) -> list[dict]:
@@ -177,16 +191,17 @@ def histograms_for(reports, task_id: int, nodes, model_digest: str) -> list[dict
 
 
 EVIDENCE_KIND = "reports"
-#: Bytes one signed report of one model may take in an evidence blob (~1.2 kB measured: two lists
-#: of 242 counts, the signature, the addresses), with room to spare.
-REPORT_BYTES_CAP = 8 * 1024
+#: Bytes one signed report may take (~1.2 kB per model measured: two lists of 242 counts, the
+#: signature, the addresses), with room for the few models a report names.
+REPORT_BYTES_CAP = 16 * 1024
 #: Models one report may name (nodes name one; chained nodes at most the head and the accepted model).
 MAX_MODELS_PER_REPORT = 4
 
 
 def evidence_cap(spec) -> int:
     """The largest evidence blob a task can need: the threshold reports (one per node) and, with
-    early stopping, the reports of ``2 x patience`` models — bounded by the task, not by input."""
+    early stopping, one report per node for each of ``2 x patience`` models, each report at most
+    :data:`REPORT_BYTES_CAP` (larger ones are never used) — bounded by the task's size."""
     models = 1 + (2 * int(spec.stopping.get("patience", 5)) if spec is not None and spec.stopping else 0)
     nodes = len(spec.nodes) if spec is not None else 0
     return 4 * 2**20 + REPORT_BYTES_CAP * nodes * models

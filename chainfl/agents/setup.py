@@ -165,8 +165,8 @@ def build_spec(*, mode: str, nodes, rounds: int | None, stats: list[FeatureStats
     over :data:`DEFAULT_GBDT`); ``rounds`` None = as many rounds as its trees need, else as many
     trees as fit; ``strategy`` a boosting strategy (``screened-sum``, ``sum``; the network names
     ``screened-fedavg`` / ``fedavg`` map to them). Networks: ``rounds`` None = 3 passes in
-    chained mode; federated: up to :data:`DEFAULT_NETWORK_ROUNDS` rounds, stopped early on the
-    nodes' validation reports (:mod:`chainfl.agents.stopping`).
+    chained mode; federated: :data:`DEFAULT_NETWORK_ROUNDS` rounds, stopped early on the
+    nodes' validation reports (:mod:`chainfl.agents.stopping`) unless ``stopping`` is ``{}``.
 
     ``stopping``: early-stopping settings (:class:`~chainfl.agents.stopping.StoppingRule` fields
     over its defaults); ``{}`` = off; None = on exactly when a federated network task's
@@ -205,7 +205,7 @@ def build_spec(*, mode: str, nodes, rounds: int | None, stats: list[FeatureStats
     elif stopping:
         stopping = StoppingRule.from_dict({**StoppingRule().to_dict(), **dict(stopping)}).to_dict()
     if rounds is None:
-        rounds = DEFAULT_NETWORK_ROUNDS if (mode == "federated" and stopping) else 3
+        rounds = DEFAULT_NETWORK_ROUNDS if mode == "federated" else 3
     if mode == "federated":
         if boosting is not None:
             chosen = strategy if isinstance(strategy, BoostingStrategy) else get_boosting_strategy(

@@ -10,9 +10,13 @@ coordinator stops a task early when those reports say the model has stopped impr
   its frauds as much as its normal accounts.
 * **one robust number per model** — :func:`robust_loss`: the median over the reporting nodes. A
   lying minority (reports of perfect or awful models) moves a median only as far as the honest
-  reporters' quantiles reach, as long as the liars are fewer than half of the reporters; a model
-  counts only when at least ``min_reporters`` of the task's nodes reported on it, and the
-  coordinator never waits for reports (a silent node delays the stop, never the task).
+  reporters' quantiles reach, as long as the liars are fewer than half of *the reporters on that
+  model*; a model counts only when at least ``min_reporters`` (a share m) of the task's n nodes
+  reported on it, so the guarantee holds for fewer than ``m x n / 2`` liars whatever the honest
+  nodes do (a quarter of the nodes at the default m = 0.5), and for any minority while every
+  honest node reports. Malformed histograms (not the shared binning, non-integer or negative
+  counts) never count. The coordinator never waits for reports (a silent node delays the stop,
+  never the task).
 * **the rule** — :func:`decide`: over the ``2 x patience`` most recent finalized models that each
   have enough reports, stop when the mean robust loss of the last ``patience`` is not lower than
   ``(1 - min_delta) x`` the mean of the ``patience`` before them, and at least ``min_rounds``
@@ -27,8 +31,9 @@ re-decides (:func:`check_evidence`). Pure functions: the coordinator and an audi
 floats.
 
 Lag: nodes report on a global model when they see it, i.e. while the next round runs, so the
-rule sees the models up to the one before the newest; a task stops at most one round after its
-reports say so.
+rule reads the models up to the one before the newest (never the newest: liars can report on it
+at once, before any honest node has fetched and scored it); a task stops one round after its
+reports say so. The audit checks that the window ends before the last finalized round.
 """
 
 from __future__ import annotations
@@ -47,8 +52,11 @@ _WIDTH = 2 * LOGIT_RANGE / N_BINS
 CENTRES = np.concatenate([[-LOGIT_RANGE - _WIDTH / 2],
                           -LOGIT_RANGE + (np.arange(N_BINS) + 0.5) * _WIDTH,
                           [LOGIT_RANGE + _WIDTH / 2]])
-_POS_LOSS = np.logaddexp(0.0, -CENTRES)      # log-loss of a positive row scored in each bin
-_NEG_LOSS = np.logaddexp(0.0, CENTRES)
+#: Log-loss of a positive / negative row scored in each bin, rounded to multiples of 2**-32 so that
+#: a one-ulp difference between two machines' ``logaddexp`` cannot reach the sums: with integer
+#: counts, every loss below is then the same float on the coordinator and on any auditor.
+_POS_LOSS = np.round(np.logaddexp(0.0, -CENTRES) * 2.0**32) / 2.0**32
+_NEG_LOSS = np.round(np.logaddexp(0.0, CENTRES) * 2.0**32) / 2.0**32
 
 STOP_PREFIX = "stopped early on the nodes' validation reports"
 
@@ -61,14 +69,20 @@ class StoppingRule:
     min_reporters: float = 0.5   # a model counts when at least this share of the task's nodes reported on it
 
     def __post_init__(self):
-        if not isinstance(self.patience, int) or self.patience < 1:
-            raise ConfigError(f"stopping patience must be an integer >= 1, got {self.patience!r}")
-        if not 0.0 <= float(self.min_delta) < 1.0:
-            raise ConfigError(f"stopping min_delta must be in [0, 1), got {self.min_delta!r}")
-        if not isinstance(self.min_rounds, int) or self.min_rounds < 1:
-            raise ConfigError(f"stopping min_rounds must be an integer >= 1, got {self.min_rounds!r}")
-        if not 0.0 < float(self.min_reporters) <= 1.0:
-            raise ConfigError(f"stopping min_reporters must be in (0, 1], got {self.min_reporters!r}")
+        def integer(name, low):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"stopping {name} must be an integer >= {low}, got {v!r}")
+
+        def number(name, ok, what):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(float(v)):
+                raise ConfigError(f"stopping {name} must be a number in {what}, got {v!r}")
+
+        integer("patience", 1)
+        integer("min_rounds", 1)
+        number("min_delta", lambda x: 0.0 <= x < 1.0, "[0, 1)")
+        number("min_reporters", lambda x: 0.0 < x <= 1.0, "(0, 1]")
 
     @property
     def window(self) -> int:
@@ -76,7 +90,7 @@ class StoppingRule:
 
     def needed(self, n_nodes: int) -> int:
         """Reports a model needs to count."""
-        return max(1, math.ceil(self.min_reporters * n_nodes))
+        return max(1, math.ceil(round(self.min_reporters * n_nodes, 9)))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,25 +105,27 @@ class StoppingRule:
 
 
 def node_loss(hist: Mapping) -> float | None:
-    """Class-balanced log-loss of one node's score histogram (None: the histogram is empty)."""
-    pos = np.asarray(hist["pos"], dtype=np.float64)
-    neg = np.asarray(hist["neg"], dtype=np.float64)
-    if pos.shape != CENTRES.shape or neg.shape != CENTRES.shape or (pos < 0).any() or (neg < 0).any():
+    """Class-balanced log-loss of one node's score histogram (None: malformed or empty)."""
+    from chainfl.agents.threshold import valid_histogram
+
+    if not valid_histogram(hist):
         return None
     parts = []
-    if pos.sum() > 0:
-        parts.append(math.fsum((pos * _POS_LOSS).tolist()) / pos.sum())
-    if neg.sum() > 0:
-        parts.append(math.fsum((neg * _NEG_LOSS).tolist()) / neg.sum())
+    for counts, table in ((hist["pos"], _POS_LOSS), (hist["neg"], _NEG_LOSS)):
+        n = sum(counts)
+        if n > 0:
+            parts.append(math.fsum(c * float(x) for c, x in zip(counts, table) if c) / n)
     return math.fsum(parts) / len(parts) if parts else None
 
 
 def robust_loss(hists: Sequence[Mapping]) -> tuple[float | None, int]:
-    """(median of the nodes' losses, how many nodes it is over)."""
-    losses = sorted(x for x in (node_loss(h) for h in hists) if x is not None)
+    """(median of the nodes' losses, how many nodes it is over); malformed histograms do not count."""
+    losses = sorted(x for x in (node_loss(h) for h in hists) if x is not None and math.isfinite(x))
     if not losses:
         return None, 0
-    return float(np.median(losses)), len(losses)
+    mid = len(losses) // 2
+    median = losses[mid] if len(losses) % 2 else (losses[mid - 1] + losses[mid]) / 2
+    return float(median), len(losses)
 
 
 @dataclass(frozen=True)
@@ -128,9 +144,9 @@ class StopDecision:
 def decide(rule: StoppingRule, points: Sequence[tuple[int, float | None, int]], n_nodes: int,
            finalized: int) -> StopDecision:
     """``points``: ``(round, robust loss, reporters)`` of consecutive finalized models in round
-    order (loss None: no report; abandoned rounds have no model and are simply absent). Uses the
-    ``window`` points ending at the last one with enough reporters; ``finalized``: rounds
-    finalized so far."""
+    order (loss None: no report; abandoned rounds have no model and are simply absent). The
+    window is the ``2 x patience`` points ending at the last one with enough reporters; every
+    point in it must have enough reporters, else no stop. ``finalized``: rounds finalized so far."""
     need = rule.needed(n_nodes)
     ok = [i for i, p in enumerate(points) if p[1] is not None and p[2] >= need]
     if not ok:
@@ -184,6 +200,9 @@ def check_evidence(section: Mapping, reports, *, rule: StoppingRule, task_id: in
     for r, m in zip(rounds, models):
         if finalized_models.get(r) != m:
             return None, f"the stopping evidence names model {m[:12]}… for round {r}, which is not that round's aggregate"
+    if rounds[-1] >= order[-1]:
+        return None, (f"the stopping evidence reads round {rounds[-1]}'s model, the newest finalized one, "
+                      f"which the rule must not read (its reports are not all in)")
     points = points_from_reports(list(zip(rounds, models)), reports, task_id, nodes)
     decision = decide(rule, points, len(nodes), len(finalized_models))
     if not decision.stop:

@@ -34,6 +34,23 @@ def score_histogram(scores, y) -> dict:
             "neg": neg.astype(int).tolist()}
 
 
+#: Largest count a histogram bin may hold (a node's validation rows; far above any real slice).
+MAX_COUNT = 2**31 - 1
+
+
+def valid_histogram(h) -> bool:
+    """True if ``h`` is a score histogram as :func:`score_histogram` writes it: this binning and
+    ``N_BINS + 2`` non-negative integer counts per class (no floats, no bools, < 2**31)."""
+    if not isinstance(h, dict) or h.get("bins") != N_BINS or h.get("range") != LOGIT_RANGE:
+        return False
+    for key in ("pos", "neg"):
+        v = h.get(key)
+        if not isinstance(v, list) or len(v) != N_BINS + 2 or \
+                not all(type(c) is int and 0 <= c <= MAX_COUNT for c in v):
+            return False
+    return True
+
+
 def merge_histograms(histograms) -> dict:
     """Sum several nodes' histograms (all must use the same binning)."""
     histograms = list(histograms)

@@ -37,7 +37,7 @@ def _write_atomic(path: str, obj) -> None:
 @click.option("--stop-patience", type=click.IntRange(0), default=None,
               help="Federated mlp/logreg: end the task when the median of the nodes' signed validation losses has "
                    "not improved for this many rounds (recorded on chain, re-checked by the audit); 0 = off "
-                   "[default: 5 when --rounds is not given, else off].")
+                   "(then all rounds run: --rounds, default 100) [default: 5 when --rounds is not given, else off].")
 @click.option("--strategy", default="screened-fedavg", show_default=True,
               help="Federated aggregation strategy (gbdt: screened-sum = screened-fedavg, sum = fedavg; "
                    "mlp/logreg: any of `chainfl run --help`).")

@@ -243,3 +243,80 @@ def test_an_oversized_report_is_ignored():
     padded = NodeReport(1, acct.address, {"0xaa": {**h, "pad": "x" * REPORT_BYTES_CAP}}).signed(acct)
     assert verified_reports([fine], 1, [acct.address], "0xaa") == [fine]
     assert verified_reports([padded], 1, [acct.address], "0xaa") == []
+
+
+def _signed_report(acct, model, hist):
+    return NodeReport(1, acct.address, {model: hist}).signed(acct)
+
+
+@pytest.mark.parametrize("bad", [7, {"bins": 240, "range": 12.0, "pos": "xxx", "neg": []},
+                                 "ints", "huge", "floats", "bools", "negative"])
+def test_malformed_histograms_never_count_and_never_crash(bad):
+    from eth_account import Account
+
+    from chainfl.agents.reports import verified_reports
+
+    good = score_histogram([0.2, 0.9, 0.4], [0, 1, 0])
+    n = len(good["pos"])
+    bad = {"ints": {**good, "pos": good["pos"][:-1]},
+           "huge": {**good, "pos": [10**400] + good["pos"][1:]},
+           "floats": {**good, "pos": [1e308, 1e308] + good["pos"][2:]},
+           "bools": {**good, "pos": [True] * n},
+           "negative": {**good, "neg": [-1] + good["neg"][1:]}}.get(bad, bad) if isinstance(bad, str) else bad
+    assert S.node_loss(bad) is None
+    honest = [Account.create() for _ in range(3)]
+    liar = Account.create()
+    reports = [_signed_report(a, "0xaa", good) for a in honest]
+    try:
+        reports.append(_signed_report(liar, "0xaa", bad))
+    except Exception:              # not even signable (e.g. 10**400 is fine, NaN is not): skip it
+        pass
+    used = verified_reports(reports, 1, [a.address for a in honest + [liar]], "0xaa")
+    assert {r.node for r in used} == {a.address for a in honest}
+    loss, n_used = S.robust_loss([r.histograms["0xaa"] for r in used])
+    assert n_used == 3 and math.isfinite(loss)
+
+
+def test_an_unsigned_nan_report_file_is_ignored(tmp_path):
+    import json
+
+    from eth_account import Account
+
+    from chainfl.agents.reports import DirectoryReportBox, verified_reports
+
+    box = DirectoryReportBox(tmp_path)
+    acct = Account.create()
+    box.put(_signed_report(acct, "0x" + "ab" * 32, score_histogram([0.2, 0.9], [0, 1])))
+    folder = tmp_path / "task-1"
+    forged = {"task_id": 1, "node": acct.address, "signature": "0x00",
+              "histograms": {"0x" + "ab" * 32: {"bins": 240, "range": 12.0, "pos": [float("nan")], "neg": []}}}
+    (folder / ("abababababababab-" + acct.address.lower() + "-forged.json")).write_text(json.dumps(forged))
+    used = verified_reports(box.reports_for(1, "0x" + "ab" * 32), 1, [acct.address], "0x" + "ab" * 32)
+    assert len(used) == 1 and used[0].verify()
+
+
+def test_the_audit_refuses_evidence_that_does_not_fit_the_rounds():
+    from eth_account import Account
+
+    rule = S.StoppingRule(patience=1, min_delta=0.5, min_rounds=1)
+    accts = [Account.create() for _ in range(3)]
+    nodes = [a.address for a in accts]
+    models = {r: "0x" + f"{r:02x}" * 32 for r in (1, 2, 3, 4)}
+    flat = score_histogram([0.3, 0.6, 0.4, 0.7], [0, 1, 0, 1])
+    reports = [_signed_report(a, models[r], flat) for a in accts for r in (1, 2, 3, 4)]
+
+    def check(rounds, finalized=models, rule=rule):
+        section = {"rule": rule.to_dict(), "rounds": rounds, "models": [finalized.get(r, "0x00") for r in rounds]}
+        return S.check_evidence(section, reports, rule=rule, task_id=1, nodes=nodes, finalized_models=finalized)[1]
+
+    assert check([2, 3]) is None                                    # a plateau: the stop holds
+    assert "newest" in check([3, 4])                                # the newest model's reports are not all in
+    assert "consecutive" in check([1, 3])
+    assert "not that round's aggregate" in S.check_evidence(
+        {"rule": rule.to_dict(), "rounds": [2, 3], "models": [models[2], models[1]]}, reports, rule=rule,
+        task_id=1, nodes=nodes, finalized_models=models)[1]
+    strict = S.StoppingRule(patience=1, min_delta=0.0, min_rounds=9)
+    assert "does not justify" in check([2, 3], rule=strict)
+    with_abandoned = {1: models[1], 3: models[3], 4: models[4], 6: models[2]}    # rounds 2, 5 abandoned
+    reports.extend(_signed_report(a, models[2], flat) for a in accts)
+    assert check([3, 4], finalized=with_abandoned) is None          # consecutive *finalized* rounds

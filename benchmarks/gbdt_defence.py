@@ -3,8 +3,9 @@
 In process, no chain (the protocol of ``benchmarks.models_offline``: eth_fraud, NaN -> 0, 60/20/20,
 50 nodes, the default gbdt of ``chainfl.agents.setup.DEFAULT_GBDT``, every round's updates
 checked by the validity bounds, then screened). A node with n rows is excluded when its chi^2
-per row exceeds ``threshold + size_allowance / sqrt(n)``, unless n < ``min_rows`` (not screened);
-allowance 0 and min rows 0 is the flat threshold of the first measurement. Reported per setting: test F1 (3 seeds), the share
+per row exceeds ``threshold + size_allowance / sqrt(n)`` and, with ``--small-z z``, ``0.5 + z / sqrt(n)``,
+unless n < ``min_rows`` (not screened); allowance 0, min rows 0, z 0 is the flat threshold of the first
+measurement. Reported per setting: test F1 (3 seeds), the share
 of the flippers' growing-round updates excluded, the share of honest ones excluded.
 
     python -m benchmarks.gbdt_defence                  # ~20 min on one core
@@ -18,6 +19,8 @@ from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
+
+from chainfl.learning import gbdt as G
 
 from benchmarks._common import Table, command_line, log, write_results
 from benchmarks.models_offline import DEFAULT_GBDT, SCREEN, ms, prepare, run_gbdt
@@ -73,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                   notes=["Flippers train on 1 - y. Excluded shares count growing rounds after the warm-up's "
                          "start (every update of every round); the bins round is not screened.",
                          "The protocol on chain (chainfl.aggregation.boosting) runs exactly these bounds and this "
-                         "screen, with the defaults of chainfl.learning.gbdt.ConsistencyScreen (min_rows 16, allowance 0)."])
+                         f"screen, with the defaults of chainfl.learning.gbdt.ConsistencyScreen ({G.ConsistencyScreen()})."])
 
 
 if __name__ == "__main__":

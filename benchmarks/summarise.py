@@ -194,6 +194,8 @@ OTHERS = [("seed_scenario", "python -m benchmarks.seed_scenario", "The seed's sc
           ("gbdt_defence", "python -m benchmarks.gbdt_defence", "The gbdt label-consistency screen under label flippers"),
           ("gbdt_defence_allowance", "python -m benchmarks.gbdt_defence", "The gbdt screen's first sweep (allowance)"),
           ("gbdt_defence_min8", "python -m benchmarks.gbdt_defence", "The gbdt screen with min rows 8"),
+          ("gbdt_defence_smallz2", "python -m benchmarks.gbdt_defence", "The gbdt screen's small-node test, z 2 and 2.5"),
+          ("gbdt_defence_smallz", "python -m benchmarks.gbdt_defence", "The gbdt screen's small-node test, z 3"),
           ("default_run", "python -m benchmarks.default_run", "The default federated job on the real data"),
           ("early_stopping", "python -m benchmarks.early_stopping", "Early stopping on the nodes' validation reports"),
           ("protocol_attacks", "python -m benchmarks.protocol_attacks", "Protocol attackers on Anvil"),

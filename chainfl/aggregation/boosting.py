@@ -16,8 +16,9 @@ round, no more rows than committed, no duplicate):
 2. **label-consistency screen** (optional, :class:`~chainfl.learning.gbdt.ConsistencyScreen`):
    a node whose labels disagree with the global model far beyond what calibrated labels allow
    (chi^2 per row) is flagged ``screening`` — the defence against label flippers, measured in
-   ``benchmarks/results/gbdt_defence.md``. Nodes with fewer than ``min_rows`` rows are not
-   screened (their mean is noise; their rows bound what they can do).
+   ``benchmarks/results/gbdt_defence*.md``. A small node must be clearly inconsistent: its
+   limit is at least ``0.5 + small_z / sqrt(rows)`` (its mean over a few rows is noisy), so an
+   honest node with a handful of surprising labels is not excluded round after round.
 3. the sum of what is left (float64, canonical order by digest) and the coordinator step.
 
 Pure and deterministic: the coordinator and the auditor get the same new state, bit for bit.

@@ -735,17 +735,19 @@ class ConsistencyScreen:
     warmup_rounds: int = 5          # growing rounds aggregated before screening starts (at the
                                     # base score alone every fraud-holding node disagrees)
     max_exclude_frac: float = 0.5   # never exclude more than this share of a round's updates
-    min_rows: int = 16              # a node with fewer rows is not screened: its mean over so few rows
-                                    # is noise (an honest 4-row node scored 1.43 for 74 rounds on
-                                    # eth_fraud) and its rows bound what it can do
+    min_rows: int = 0               # a node with fewer rows is not screened (specs recorded before
+                                    # small_z carry 16: an honest 4-row node scored 1.43 for 74 rounds
+                                    # on eth_fraud under the flat threshold; small_z spares it instead)
     size_allowance: float = 0.0     # excluded above threshold + this / sqrt(rows). Measured
                                     # (benchmarks/results/gbdt_defence.md): any allowance > 0 costs
                                     # catches, and at 30 % IID flippers 1.0 lets every one through
                                     # (the screen never starts excluding, the model stays confused)
-    small_z: float = 0.0            # > 0: a node's limit is also at least CALIBRATED + small_z / sqrt(rows)
+    small_z: float = 2.5            # > 0: a node's limit is also at least CALIBRATED + small_z / sqrt(rows)
                                     # (a one-sided test against the calibrated mean, per-row sd <= 1):
-                                    # small nodes must be clearly inconsistent, big ones see the flat
-                                    # threshold. 0 = off (and what specs recorded without it mean)
+                                    # small nodes must be clearly inconsistent (4 rows: 1.75), nodes
+                                    # of >= 16 rows see the flat threshold. 0 = off (what specs
+                                    # recorded without it mean). Measured against min rows 16 and
+                                    # z 2 / 3: benchmarks/results/gbdt_defence_smallz*.md
 
     def to_dict(self) -> dict:
         return asdict(self)

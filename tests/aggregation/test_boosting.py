@@ -100,7 +100,7 @@ def test_flipper_is_screened_but_a_tiny_honest_node_is_not():
     state = _grown(parts, 1 + G.ConsistencyScreen().warmup_rounds + 1)
     assert G.phase(state) == "grow"
     cands = _candidates(state, parts + [flipper, tiny], names)
-    flat = BoostingStrategy(screen=G.ConsistencyScreen(min_rows=0))
+    flat = BoostingStrategy(screen=G.ConsistencyScreen(min_rows=0, small_z=0.0))
     default = BoostingStrategy()
     out_flat = decide_round(cands, flat, task_id=1, round_=1, reference=None, boosting=(CFG, state))
     out = decide_round(cands, default, task_id=1, round_=1, reference=None, boosting=(CFG, state))

@@ -42,7 +42,7 @@ import numpy as np
 
 from chainfl.agents import modelio
 from chainfl.agents.follower import EventFollower
-from chainfl.agents.reports import evidence_blob, histograms_for, verified_reports
+from chainfl.agents.reports import evidence_blob, histograms_for, threshold_reports, verified_reports
 from chainfl.agents.retry import Backoff
 from chainfl.agents.setup import fast_calls
 from chainfl.agents.spec import TaskSpec
@@ -439,8 +439,7 @@ class Coordinator:
         final_hex = "0x" + final.hex()
         used = []
         if self.reports is not None:
-            used = verified_reports(self.reports.reports_for(self.task_id, final_hex), self.task_id, spec.nodes,
-                                    final_hex)
+            used = threshold_reports(self.reports.reports_for(self.task_id, final_hex), self.task_id, spec, final_hex)
         if len(used) < len(spec.nodes):
             if self._finished_at is None:
                 self._finished_at = time.monotonic()

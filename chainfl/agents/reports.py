@@ -185,6 +185,32 @@ def verified_reports(reports, task_id: int, nodes, model_digest: str) -> list[No
     return [chosen[k][1] for k in sorted(chosen)]
 
 
+def within_commitment(report: NodeReport, model_digest: str, spec) -> bool:
+    """True if ``report``'s histogram of ``model_digest`` counts no more rows than the training
+    rows its node committed in its signed statistics (``spec.node_samples``; no commitment: True).
+    A node's validation slice is at most as large as its training rows (``--val-fraction`` <= 0.5),
+    so this holds for every honest report and bounds a liar's weight in the summed threshold
+    histogram by its share of the data."""
+    committed = spec.committed_samples(report.node) if spec is not None else None
+    h = report.histograms[model_digest]
+    return committed is None or sum(h["pos"]) + sum(h["neg"]) <= committed
+
+
+def threshold_reports(reports, task_id: int, spec, model_digest: str) -> list[NodeReport]:
+    """The reports the release threshold is computed from: :func:`verified_reports` of the task's
+    nodes that are :func:`within_commitment`."""
+    out = []
+    for r in verified_reports(reports, task_id, spec.nodes, model_digest):
+        if within_commitment(r, model_digest, spec):
+            out.append(r)
+        else:
+            h = r.histograms[model_digest]
+            log.warning("task %s: ignoring %s's validation histogram: it counts %s rows, more than the %s training "
+                        "rows it committed", task_id, r.node, sum(h["pos"]) + sum(h["neg"]),
+                        spec.committed_samples(r.node))
+    return out
+
+
 def histograms_for(reports, task_id: int, nodes, model_digest: str) -> list[dict]:
     """The verified histograms of ``model_digest`` (``0x`` hex), one per node of ``nodes``."""
     return [r.histograms[model_digest] for r in verified_reports(reports, task_id, nodes, model_digest)]

@@ -133,7 +133,7 @@ def _matching(a, state) -> tuple[str | bool, list]:
 
 def _evidence(a, info: dict, released: bytes):
     """The verified reports of the evidence blob (None when there is no evidence or it is broken)."""
-    from chainfl.agents.reports import parse_evidence
+    from chainfl.agents.reports import parse_evidence, verified_reports
     from chainfl.errors import AgentError
 
     closed = a.h.closed
@@ -154,11 +154,19 @@ def _evidence(a, info: dict, released: bytes):
         a.violate("evidence-invalid", f"the evidence is about task {task_id} model {model}, not task {a.h.task_id} "
                   f"model {hx(released)}", node=closed.by, cid=closed.evidence_cid)
         return None
+    from chainfl.agents.reports import within_commitment
+
     good = []
     for r in reports:
-        if r.task_id != a.h.task_id or not a.participant(r.node) or not r.verify() or model not in r.histograms:
+        if r.task_id != a.h.task_id or not a.participant(r.node) or model not in r.histograms or \
+                verified_reports([r], a.h.task_id, [r.node], model) != [r]:
             a.violate("evidence-invalid", f"the evidence holds a report of {r.node} that is not a valid signed "
                       f"report of a task node on the released model", node=closed.by, cid=closed.evidence_cid)
+            return None
+        if not within_commitment(r, model, a.spec):
+            a.violate("evidence-invalid", f"the evidence holds a report of {r.node} counting more rows than the "
+                      f"training rows it committed; the threshold must leave it out", node=closed.by,
+                      cid=closed.evidence_cid)
             return None
         good.append(r)
     if len({r.node.lower() for r in good}) != len(good):

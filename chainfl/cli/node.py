@@ -18,8 +18,9 @@ keystore_option = click.option("--keystore", type=click.Path(exists=True, dir_ok
                                help="Encrypted JSON keystore (real networks); password from "
                                     "CHAINFL_KEYSTORE_PASSWORD or a prompt.")
 split_options = [
-    click.option("--val-fraction", type=float, default=0.2, show_default=True,
-                 help="Share of the node's rows held out for validation (same in stats and run)."),
+    click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.2, show_default=True,
+                 help="Share of the node's rows held out for validation (same in stats and run); at most 0.5: "
+                      "a node's reports may count no more rows than the training rows it committed."),
     click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of that split."),
 ]
 

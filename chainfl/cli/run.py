@@ -110,8 +110,9 @@ def _f(v) -> str:
 @limit_options
 @click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
               show_default=True, help="--data / --dataset eth_fraud: share of each class held out for the test.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
-              help="Share of each node's rows held out for validation (threshold, validation gate).")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.2, show_default=True,
+              help="Share of each node's rows held out for validation (threshold, validation gate); at most 0.5 "
+                   "(a node's reports may count no more rows than the training rows it committed).")
 @click.option("--dataset", type=click.Choice(["simulate", "eth_fraud"]), default=None,
               help="eth_fraud: the real labelled dataset in CHAINFL_DATA_DIR.")
 @click.option("--accounts", type=int, default=400, show_default=True,

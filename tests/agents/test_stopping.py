@@ -320,3 +320,32 @@ def test_the_audit_refuses_evidence_that_does_not_fit_the_rounds():
     with_abandoned = {1: models[1], 3: models[3], 4: models[4], 6: models[2]}    # rounds 2, 5 abandoned
     reports.extend(_signed_report(a, models[2], flat) for a in accts)
     assert check([3, 4], finalized=with_abandoned) is None          # consecutive *finalized* rounds
+
+
+class InflatingBox(LyingBox):
+    """A node whose reports claim 10^6 validation rows, all scored as the most confident frauds:
+    unbounded, its histogram alone would set the release threshold."""
+
+    def put(self, report: NodeReport) -> None:
+        fake = {}
+        for model, h in report.histograms.items():
+            pos = [0] * len(h["pos"])
+            pos[len(pos) // 2] = 10**6
+            fake[model] = {**h, "pos": pos, "neg": [0] * len(h["neg"])}
+        self.box.put(NodeReport(report.task_id, report.node, fake).signed(self.account))
+
+
+def test_a_report_counting_more_rows_than_its_node_committed_is_left_out_of_the_threshold(world):
+    coordinator = world.coordinator(report_timeout=0)   # the liar's report never counts: do not wait for it
+    spec = world.spec("federated", rounds=2)
+    task_id = coordinator.create_task(spec)
+    liar = world.accounts[2]
+    agents = [world.agent(i, task_id) for i in range(2)] + [
+        world.agent(2, task_id, reports=InflatingBox(world.box, liar))]
+    world.drive(coordinator, agents)
+
+    assert coordinator.reported_nodes == 2                       # the two honest nodes' histograms
+    blob = world.store.get(world.events(task_id, "TaskClosed")[0]["evidenceCid"])
+    assert liar.address not in blob.decode()
+    report = audit_task(world.chain, world.registry, world.store, task_id)
+    assert report.ok, report.violations

@@ -4,6 +4,7 @@
 ``eth-tester://memory`` or ``http(s)://host:port``; it returns a :class:`Chain`.
 """
 
-from chainfl.chain.backends import Chain, connect, describe_revert
+from chainfl.chain.backends import Chain, describe_revert
+from chainfl.chain.factory import connect
 
 __all__ = ["Chain", "connect", "describe_revert"]

@@ -21,17 +21,15 @@ import logging
 import threading
 import time
 from typing import Any, Iterable
-from urllib.parse import urlparse
 
 from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from chainfl import config
 from chainfl.chain.accounts import derive_account, dev_accounts, sign_transaction
 from chainfl.chain.nonce import NonceBook
 from chainfl.config import NodeSettings
-from chainfl.errors import ChainConnectionError, ChainError, ConfigError, TransactionError, TransactionReverted
+from chainfl.errors import ChainConnectionError, ConfigError, TransactionError, TransactionReverted
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +39,6 @@ DEFAULT_MAX_FEE = 100 * GWEI
 DEFAULT_PRIORITY_FEE = 1 * GWEI
 #: Ether sent from account 0 to an account beyond ACCOUNT_COUNT on its first use.
 EXTRA_ACCOUNT_FUNDING_ETH = 1000
-
-VALID_SCHEMES = ("eth-tester://", "eth-tester://memory", "http://host:port", "https://host:port")
 
 #: Sends of one transaction before a nonce clash (another process on the account) is an error.
 NONCE_ATTEMPTS = 6
@@ -403,42 +399,3 @@ def _fn_label(contract_fn) -> str:
     if name:
         return f"{name}() on {contract_fn.address}"
     return "contract deployment"
-
-
-def connect(url: str | None = None, home=None, settings: NodeSettings | None = None, *,
-            must_exist: bool = False) -> Chain:
-    """Connect to the chain at ``url`` (default: ``config.default_rpc()``).
-
-    ``eth-tester://`` — embedded py-evm persisted under ``<home>/chain`` (``home`` defaults to
-    ``config.home_dir()``; ``eth-tester:///abs/dir`` names the directory), one process at a time;
-    ``eth-tester://memory`` — embedded, in memory; ``http(s)://host:port`` — a JSON-RPC node.
-    ``settings`` default to ``ganache.env``. ``must_exist`` (commands that read a recorded task:
-    audit, detect) refuses to create a new, empty embedded chain where none was recorded.
-    """
-    from pathlib import Path
-
-    url = url or config.default_rpc()
-    settings = settings or config.load_node_settings()
-    parsed = urlparse(url)
-    if parsed.scheme == "eth-tester":
-        from chainfl.chain.embedded import DB_FILE, EthTesterChain
-
-        if parsed.netloc == "memory":
-            return EthTesterChain(url, settings, directory=None)
-        if parsed.netloc:
-            raise ConfigError(f"unknown embedded chain {url!r}; use eth-tester:// (persisted under "
-                              f"CHAINFL_HOME/chain), eth-tester://memory, or eth-tester:///abs/dir")
-        if parsed.path not in ("", "/"):  # eth-tester:///abs/dir: an explicit directory
-            directory = Path(parsed.path)
-        else:
-            directory = Path(home or config.home_dir()) / "chain"
-        if must_exist and not (directory / DB_FILE).exists():
-            raise ChainError(f"no embedded chain in {directory}: nothing has been recorded there yet. "
-                             f"Point --rpc (or CHAINFL_RPC) at the chain that holds the task, or set "
-                             f"CHAINFL_HOME to the directory `chainfl run` used")
-        return EthTesterChain(url, settings, directory=directory)
-    if parsed.scheme in ("http", "https"):
-        from chainfl.chain.rpc import RpcChain
-
-        return RpcChain(url, settings)
-    raise ConfigError(f"unknown chain URL {url!r}; valid forms: {', '.join(VALID_SCHEMES)}")

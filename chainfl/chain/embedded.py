@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+from chainfl.chain.backends import Chain, as_bytes
 from chainfl.config import NodeSettings
 from chainfl.errors import ChainError, ChainLockedError, ConfigError
 
@@ -412,9 +413,6 @@ def _locked_provider(evm: EmbeddedEVM):
             return {"id": request_id, "jsonrpc": "2.0", "result": "0x" + bytes(tx_hash).hex()}
 
     return LockedEthereumTesterProvider(evm.tester)
-
-
-from chainfl.chain.backends import Chain, as_bytes  # noqa: E402  (backends imports this module lazily)
 
 
 class EthTesterChain(Chain):

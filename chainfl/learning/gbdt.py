@@ -36,8 +36,11 @@ bounds (:func:`check_update`) that every honest update meets: integer values, co
 ``|G| <= count * 2**grad_bits``, ``0 <= H <= count * 2**grad_bits`` per cell, per-slot totals of
 count/G/H identical across features, rows per level <= the node's committed rows. A further check
 needs the node's previous update: child totals equal to its parent histogram's cumulative sums at
-the split the coordinator chose (:func:`check_consistency`, tested here; the round decision does not
-apply it yet, since it needs every node's previous blob — ARCHITECTURE.md, known limits).
+the split the coordinator chose (:func:`check_consistency`). The round decision does not apply it:
+it holds for honest nodes with one tree at a time, but with concurrent trees an honest node's
+gradients for a tree can change between its levels (the trees of its basis gain depth), and an
+attempt to enforce it flagged every honest node of a 12-tree, depth-3, 3-concurrent task from
+round 8 on (ARCHITECTURE.md, known limits).
 
 The model ("state") is a flat dict of float32/int32 arrays whose shapes are fixed by the config
 (:func:`state_shapes`), so a safetensors blob of any round has known shapes; the JSON meta is

@@ -37,10 +37,11 @@ bounds (:func:`check_update`) that every honest update meets: integer values, co
 count/G/H identical across features, rows per level <= the node's committed rows. A further check
 needs the node's previous update: child totals equal to its parent histogram's cumulative sums at
 the split the coordinator chose (:func:`check_consistency`). The round decision does not apply it:
-it holds for honest nodes with one tree at a time, but with concurrent trees an honest node's
-gradients for a tree can change between its levels (the trees of its basis gain depth), and an
-attempt to enforce it flagged every honest node of a 12-tree, depth-3, 3-concurrent task from
-round 8 on (ARCHITECTURE.md, known limits).
+it holds while every round includes the same nodes, but a slot's value is set again from the
+included sums when the slot is grown, so once a node is screened out the trees in a concurrent
+tree's basis change value and an honest node's gradients for that tree change between its levels.
+An attempt to enforce it flagged every honest node of a 12-tree, depth-3, 3-concurrent task in the
+round after a flipper was first excluded (ARCHITECTURE.md, known limits).
 
 The model ("state") is a flat dict of float32/int32 arrays whose shapes are fixed by the config
 (:func:`state_shapes`), so a safetensors blob of any round has known shapes; the JSON meta is

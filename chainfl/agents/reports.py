@@ -104,7 +104,8 @@ class MemoryReportBox:
 
 class DirectoryReportBox:
     """Reports as JSON files ``task-<id>/<model digest>-<node>-<body hash>.json`` in a shared
-    directory (a report naming several models is filed under the first)."""
+    directory; a report naming several models is filed under each of them (so reading the
+    reports of one model reads only its own files)."""
 
     def __init__(self, directory):
         self.directory = Path(directory)
@@ -113,25 +114,29 @@ class DirectoryReportBox:
         folder = self.directory / f"task-{report.task_id}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            model = sorted(report.histograms)[0][2:18] if report.histograms else "none"
-            name = f"{model}-{report.node.lower()}-{hashlib.sha256(report.body()).hexdigest()[:16]}.json"
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-            with os.fdopen(fd, "w") as f:
-                json.dump(report.to_dict(), f, sort_keys=True)
-            os.replace(tmp, folder / name)
+            body = hashlib.sha256(report.body()).hexdigest()[:16]
+            for model in sorted(report.histograms)[:MAX_MODELS_PER_REPORT] or ["0xnone"]:
+                name = f"{model[2:18]}-{report.node.lower()}-{body}.json"
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+                with os.fdopen(fd, "w") as f:
+                    json.dump(report.to_dict(), f, sort_keys=True)
+                os.replace(tmp, folder / name)
         except OSError as e:
             raise AgentError(f"cannot write the report to {folder}: {e}; pass a writable --reports "
                              f"directory") from e
 
     def reports(self, task_id: int) -> list[NodeReport]:
-        return self._read(task_id, "*.json")
+        seen, out = set(), []
+        for r in self._read(task_id, "*.json"):          # a multi-model report is filed once per model
+            key = (r.node.lower(), json.dumps(r.to_dict(), sort_keys=True))
+            if key not in seen:
+                seen.add(key)
+                out.append(r)
+        return out
 
     def reports_for(self, task_id: int, model_digest: str) -> list[NodeReport]:
         digest = model_digest[2:] if model_digest.startswith("0x") else model_digest
-        found = self._read(task_id, f"{digest[:16]}-*.json")
-        if not found:                       # reports naming several models, filed under another
-            found = self.reports(task_id)
-        return [r for r in found if ("0x" + digest) in r.histograms]
+        return [r for r in self._read(task_id, f"{digest[:16]}-*.json") if ("0x" + digest) in r.histograms]
 
     def _read(self, task_id: int, pattern: str) -> list[NodeReport]:
         folder = self.directory / f"task-{task_id}"

@@ -39,3 +39,23 @@ def test_reports_are_signed_and_forgeries_ignored(tmp_path):
         assert histograms_for(box.reports(1), 1, [alice.address], "0xaa") == [h]
         assert histograms_for(box.reports(1), 1, [mallory.address], "0xaa") == []   # not a task node
         assert histograms_for(box.reports(2), 2, [alice.address], "0xaa") == []
+
+
+def test_a_directory_box_files_a_multi_model_report_under_each_model_and_reads_only_those(tmp_path, monkeypatch):
+    from eth_account import Account
+
+    from chainfl.agents.threshold import score_histogram
+
+    acct = Account.create()
+    h = score_histogram([0.1, 0.8], [0, 1])
+    head, accepted, other = "0x" + "aa" * 32, "0x" + "bb" * 32, "0x" + "cc" * 32
+    box = DirectoryReportBox(tmp_path)
+    box.put(NodeReport(1, acct.address, {head: h, accepted: h}).signed(acct))
+    box.put(NodeReport(1, acct.address, {other: h}).signed(acct))
+    read = []
+    original = box._read
+    monkeypatch.setattr(box, "_read", lambda task, pattern: read.append(pattern) or original(task, pattern))
+    assert [r.node for r in box.reports_for(1, accepted)] == [acct.address]
+    assert [r.node for r in box.reports_for(1, head)] == [acct.address]
+    assert read == ["bb" * 8 + "-*.json", "aa" * 8 + "-*.json"]          # never the whole directory
+    assert len(box.reports(1)) == 2                                      # the two-model report once

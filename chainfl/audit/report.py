@@ -112,6 +112,13 @@ def render_terminal(report: AuditReport, console=None) -> None:
         r = report.release
         console.print(f"Release {r['cid']} ({_short(r['digest'])}): {r['status']}"
                       + (f", equals the final {r['matches_final']} model" if r.get("matches_final") else ""))
+        if r.get("threshold_recomputed") is not None:
+            console.print(f"Threshold {r['threshold_recomputed']:.4f} recomputed from {r.get('evidence_reports', 0)} "
+                          f"signed node report(s)")
+        if r.get("stopping"):
+            st = r["stopping"]
+            console.print(f"Early stop re-decided from the signed reports of rounds {st['rounds'][0]}-"
+                          f"{st['rounds'][-1]}: {st['reason']}")
 
 
 def to_json(report: AuditReport) -> str:
@@ -253,6 +260,8 @@ def to_html(report: AuditReport) -> str:
         parts.append(_table(["digest", "CID", "status", "equals final model", "meta"],
                             [[r["digest"], r["cid"], r["status"], r.get("matches_final"),
                               json.dumps(r.get("meta"), sort_keys=True)]]))
+        if r.get("stopping"):
+            parts.append(f"<p>Early stop re-decided from the signed reports: {e(r['stopping']['reason'])}</p>")
     if report.spec:
         parts.append("<h2>Task spec</h2><pre>" + e(json.dumps(report.spec, indent=2, sort_keys=True)) + "</pre>")
     parts.append("</body></html>")

@@ -141,6 +141,14 @@ def test_a_federated_task_stops_on_the_reports_and_the_audit_recomputes_it(backe
     assert report.ok, report.violations
     assert report.release["stopping"]["stop"] is True
     assert not [w for w in report.warnings if "the spec plans" in w]
+    from rich.console import Console
+
+    from chainfl.audit.report import render_terminal, to_html
+
+    console = Console(record=True, width=200)
+    render_terminal(report, console)
+    assert "Early stop re-decided from the signed reports of rounds" in console.export_text()
+    assert "Early stop re-decided" in to_html(report)
 
 
 def test_an_unjustified_stop_is_a_violation(backend_world, monkeypatch):

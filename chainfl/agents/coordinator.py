@@ -423,7 +423,10 @@ class Coordinator:
         if self.reports is None or node is None:
             return False
         hexd = "0x" + digest.hex()
-        return bool(histograms_for(self.reports.reports_for(self.task_id, hexd), self.task_id, [node], hexd))
+        # counted as the threshold will count it, so a head released on this check has the
+        # checker's report in its evidence
+        return any(r.node.lower() == node.lower() for r in
+                   threshold_reports(self.reports.reports_for(self.task_id, hexd), self.task_id, self.spec, hexd))
 
     # -- the end: threshold, release, close -------------------------------------------------
     def _release_digest(self, task) -> bytes:

@@ -61,8 +61,8 @@ from chainfl.agents.threshold import score_histogram
 from chainfl.aggregation.attacks import PROTOCOL_ATTACKS, AttackConfig, poison_labels, poison_update
 from chainfl.chain.registry import Mode
 from chainfl.data.scaling import FeatureStats
-from chainfl.errors import (AgentError, BlobNotFoundError, BlobTooLargeError, CodecError, ContractError,
-                            IntegrityError)
+from chainfl.errors import (AgentError, BlobNotFoundError, BlobTooLargeError, CodecError, ConfigError,
+                            ContractError, IntegrityError)
 from chainfl.learning.chained import ValidationGate
 from chainfl.learning.evaluate import predict_scores
 from chainfl.learning.models import flatten, unflatten
@@ -96,7 +96,11 @@ class LocalData:
 
     @classmethod
     def split(cls, X, y, feature_names, val_fraction: float = 0.2, seed: int = 0) -> "LocalData":
-        """Seeded stratified split of one node's rows (each class keeps >= 1 training row)."""
+        """Seeded stratified split of one node's rows (each class keeps >= 1 training row).
+        ``val_fraction`` at most 0.5: a node's reports may count no more rows than it trains on."""
+        if not 0.0 <= float(val_fraction) <= 0.5:
+            raise ConfigError(f"val_fraction must be in [0, 0.5], got {val_fraction}: a node's validation "
+                              f"reports may count no more rows than the training rows it commits")
         X = np.asarray(X, dtype=np.float32)
         y = np.asarray(y).astype(np.int64)
         rng = np.random.default_rng(seed)

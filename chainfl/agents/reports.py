@@ -135,6 +135,9 @@ class DirectoryReportBox:
         return out
 
     def reports_for(self, task_id: int, model_digest: str) -> list[NodeReport]:
+        """The reports naming ``model_digest`` (files under its prefix only: a directory written by
+        a chainfl before 2026-12-02, which filed a multi-model report once, should not be reused
+        for a chained task in progress)."""
         digest = model_digest[2:] if model_digest.startswith("0x") else model_digest
         return [r for r in self._read(task_id, f"{digest[:16]}-*.json") if ("0x" + digest) in r.histograms]
 
@@ -190,13 +193,28 @@ def verified_reports(reports, task_id: int, nodes, model_digest: str) -> list[No
     return [chosen[k][1] for k in sorted(chosen)]
 
 
+#: ``spec.limits[REPORT_ROWS] == "committed"``: the task's reports may count no more rows than their
+#: nodes' committed training rows (written by build_spec since this rule exists; older specs lack it
+#: and keep the rules they were recorded under).
+REPORT_ROWS = "report_rows"
+
+
+def strict_reports(spec) -> bool:
+    """True if ``spec`` was recorded under the report rules of this version (row bound, well-formed
+    histograms, size cap in the evidence)."""
+    return spec is not None and spec.limits.get(REPORT_ROWS) == "committed"
+
+
 def within_commitment(report: NodeReport, model_digest: str, spec) -> bool:
     """True if ``report``'s histogram of ``model_digest`` counts no more rows than the training
-    rows its node committed in its signed statistics (``spec.node_samples``; no commitment: True).
-    A node's validation slice is at most as large as its training rows (``--val-fraction`` <= 0.5),
-    so this holds for every honest report and bounds a liar's weight in the summed threshold
-    histogram by its share of the data."""
-    committed = spec.committed_samples(report.node) if spec is not None else None
+    rows its node committed in its signed statistics (``spec.node_samples``; no commitment, or a
+    spec recorded before this rule: True). A node's validation slice is at most as large as its
+    training rows (``--val-fraction`` <= 0.5), so this holds for every honest report and bounds a
+    liar's weight in the summed threshold histogram by the row count it committed (its own,
+    unproven claim)."""
+    if not strict_reports(spec):
+        return True
+    committed = spec.committed_samples(report.node)
     h = report.histograms[model_digest]
     return committed is None or sum(h["pos"]) + sum(h["neg"]) <= committed
 

@@ -102,6 +102,9 @@ class RunConfig:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if self.mode not in ("chained", "federated"):
             raise ConfigError(f"unknown mode {self.mode!r}; use chained or federated")
+        if not 0.0 <= float(self.val_fraction) <= 0.5:
+            raise ConfigError(f"val_fraction must be in [0, 0.5], got {self.val_fraction} (--val-fraction): a "
+                              f"node's validation reports may count no more rows than it trains on")
         if self.nodes < 1 or (self.rounds is not None and self.rounds < 1):
             raise ConfigError("nodes and rounds must be >= 1")
         if self.model not in ("auto", "gbdt", "mlp", "logreg"):

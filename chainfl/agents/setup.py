@@ -233,6 +233,9 @@ def build_spec(*, mode: str, nodes, rounds: int | None, stats: list[FeatureStats
                     limits=dict(limits or {}), chain_features=tuple(computable), stopping=dict(stopping))
     if "max_blob_bytes" not in spec.limits:
         spec = replace(spec, limits={**spec.limits, "max_blob_bytes": blob_cap(spec)})
+    from chainfl.agents.reports import REPORT_ROWS
+
+    spec = replace(spec, limits={**spec.limits, REPORT_ROWS: "committed"})
     return spec
 
 

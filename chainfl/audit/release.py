@@ -103,7 +103,7 @@ def check_release(a) -> dict | None:
     reports = _evidence(a, info, released)
     if a.h.mode == Mode.CHAINED and source == "head" and a.replayed["head"] != a.replayed["accepted"]:
         checker = a.replayed["expected"]
-        if checker not in {r.node for r in reports or []}:
+        if checker.lower() not in {r.node.lower() for r in reports or []}:
             a.violate("release-unchecked", f"the release is the final handoff of {a.replayed.get('head_node')}, which "
                       f"no node accepted: the evidence holds no report of {checker}, whose check it awaited",
                       node=closed.by, cid=cid)
@@ -154,12 +154,13 @@ def _evidence(a, info: dict, released: bytes):
         a.violate("evidence-invalid", f"the evidence is about task {task_id} model {model}, not task {a.h.task_id} "
                   f"model {hx(released)}", node=closed.by, cid=closed.evidence_cid)
         return None
-    from chainfl.agents.reports import within_commitment
+    from chainfl.agents.reports import strict_reports, within_commitment
 
+    strict = strict_reports(a.spec)          # a spec recorded before these rules keeps the old check
     good = []
     for r in reports:
         if r.task_id != a.h.task_id or not a.participant(r.node) or model not in r.histograms or \
-                verified_reports([r], a.h.task_id, [r.node], model) != [r]:
+                not (verified_reports([r], a.h.task_id, [r.node], model) == [r] if strict else r.verify()):
             a.violate("evidence-invalid", f"the evidence holds a report of {r.node} that is not a valid signed "
                       f"report of a task node on the released model", node=closed.by, cid=closed.evidence_cid)
             return None

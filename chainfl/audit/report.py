@@ -260,6 +260,9 @@ def to_html(report: AuditReport) -> str:
         parts.append(_table(["digest", "CID", "status", "equals final model", "meta"],
                             [[r["digest"], r["cid"], r["status"], r.get("matches_final"),
                               json.dumps(r.get("meta"), sort_keys=True)]]))
+        if r.get("threshold_recomputed") is not None:
+            parts.append(f"<p>Threshold {r['threshold_recomputed']:.4f} recomputed from "
+                         f"{r.get('evidence_reports', 0)} signed node report(s)</p>")
         if r.get("stopping"):
             parts.append(f"<p>Early stop re-decided from the signed reports: {e(r['stopping']['reason'])}</p>")
     if report.spec:

@@ -1,4 +1,4 @@
-"""One chain interface over every backend, chosen by URL (see :func:`connect`).
+"""One chain interface over every backend, chosen by URL (see :func:`chainfl.chain.factory.connect`).
 
 :class:`Chain` holds what all backends share: dev accounts from ``ganache.env``'s mnemonic, local
 signing with one :class:`~chainfl.chain.nonce.NonceManager` per account, receipts, revert
@@ -91,7 +91,7 @@ def _label(tx: dict) -> str:
 
 
 class Chain:
-    """A connection to one chain. Use :func:`connect` to make one; close it (or use ``with``)."""
+    """A connection to one chain. Use :func:`chainfl.chain.connect` to make one; close it (or use ``with``)."""
 
     kind: str = ""
 

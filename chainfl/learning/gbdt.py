@@ -749,7 +749,7 @@ class ConsistencyScreen:
     small_z: float = 2.5            # > 0: a node's limit is also at least CALIBRATED + small_z / sqrt(rows)
                                     # (a one-sided test against the calibrated mean, per-row sd <= 1):
                                     # small nodes must be clearly inconsistent (4 rows: 1.75), nodes
-                                    # of >= 16 rows see the flat threshold. 0 = off (what specs
+                                    # of >= (small_z / 0.5)^2 rows (25 at 2.5) see the flat threshold. 0 = off (what specs
                                     # recorded without it mean). Measured against min rows 16 and
                                     # z 2 / 3: benchmarks/results/gbdt_defence_smallz*.md
 

@@ -357,3 +357,49 @@ def test_a_report_counting_more_rows_than_its_node_committed_is_left_out_of_the_
     assert liar.address not in blob.decode()
     report = audit_task(world.chain, world.registry, world.store, task_id)
     assert report.ok, report.violations
+
+
+def test_a_chained_checker_whose_report_cannot_count_does_not_get_the_head_released(world):
+    """The final checker reports an inflated histogram on the last hand-off: it does not count as
+    the check (nor in the threshold), so after the turn timeout the turn moves on and the release
+    is a checked model; the audit blames nobody."""
+    spec = world.spec("chained", rounds=1)
+    coordinator = world.coordinator(report_timeout=0)
+    task_id = coordinator.create_task(spec)
+    liar = world.accounts[0]           # hand-offs 0, 1, 2: the turn comes back to node 0 to check
+    agents = [world.agent(0, task_id, reports=InflatingBox(world.box, liar)), world.agent(1, task_id),
+              world.agent(2, task_id)]
+    for _ in range(300):
+        if coordinator.step() == "done":
+            break
+        for a in agents:
+            a.step()
+        if world.registry.task(task_id).seq >= spec.total_handoffs:
+            world.chain.advance_time(spec.turn_seconds + 1)     # the checker's turn runs out
+    assert world.registry.task(task_id).closed
+    report = audit_task(world.chain, world.registry, world.store, task_id)
+    assert report.ok, report.violations
+    closed = world.events(task_id, "TaskClosed")[0]
+    if closed["evidenceCid"]:
+        assert liar.address not in world.store.get(closed["evidenceCid"]).decode()   # never in the threshold
+    assert coordinator.reported_nodes <= 2
+
+
+def test_a_task_recorded_before_the_row_bound_keeps_its_rules(world):
+    """A spec without the report-rows marker (written by an earlier chainfl) is coordinated and
+    audited as then: the inflated report counts, and the audit does not call it invalid."""
+    from dataclasses import replace
+
+    from chainfl.agents.reports import REPORT_ROWS
+
+    spec = world.spec("federated", rounds=2)
+    old = replace(spec, limits={k: v for k, v in spec.limits.items() if k != REPORT_ROWS})
+    coordinator = world.coordinator(report_timeout=0)
+    task_id = coordinator.create_task(old)
+    liar = world.accounts[2]
+    agents = [world.agent(i, task_id) for i in range(2)] + [
+        world.agent(2, task_id, reports=InflatingBox(world.box, liar))]
+    world.drive(coordinator, agents)
+    assert coordinator.reported_nodes == 3
+    report = audit_task(world.chain, world.registry, world.store, task_id)
+    assert report.ok, report.violations

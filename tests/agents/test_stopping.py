@@ -403,3 +403,17 @@ def test_a_task_recorded_before_the_row_bound_keeps_its_rules(world):
     assert coordinator.reported_nodes == 3
     report = audit_task(world.chain, world.registry, world.store, task_id)
     assert report.ok, report.violations
+
+
+def test_a_gbdt_task_can_stop_early_too_and_audits(world):
+    """--stop-patience on a gbdt task: the same rule on the same reports; the release is the
+    ensemble so far (finished trees score), recomputed by the audit like every round."""
+    coordinator = world.coordinator()
+    spec = world.spec("federated", rounds=None, model_kind="gbdt", strategy="sum",
+                      gbdt=dict(n_trees=12, depth=2, concurrent_trees=2), stopping=QUICK)
+    task_id = coordinator.create_task(spec)
+    world.drive(coordinator, [world.agent(i, task_id) for i in range(3)], max_steps=400)
+    assert coordinator.close_reason.startswith(S.STOP_PREFIX)
+    assert len(world.events(task_id, "RoundFinalized")) < spec.rounds
+    report = audit_task(world.chain, world.registry, world.store, task_id)
+    assert report.ok, report.violations

@@ -198,6 +198,8 @@ OTHERS = [("seed_scenario", "python -m benchmarks.seed_scenario", "The seed's sc
           ("gbdt_defence_smallz", "python -m benchmarks.gbdt_defence", "The gbdt screen's small-node test, z 3"),
           ("default_run", "python -m benchmarks.default_run", "The default federated job on the real data"),
           ("early_stopping", "python -m benchmarks.early_stopping", "Early stopping on the nodes' validation reports"),
+          ("early_stopping_gbdt", "python -m benchmarks.early_stopping --model gbdt --partition iid --fixed 0",
+           "Early stopping on the default gbdt job"),
           ("protocol_attacks", "python -m benchmarks.protocol_attacks", "Protocol attackers on Anvil"),
           ("csv_memory", "python -m benchmarks.csv_memory", "Memory of node stats / load_csv / data prepare")]
 

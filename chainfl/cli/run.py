@@ -80,9 +80,10 @@ def _f(v) -> str:
               help="Chained: passes over all nodes [default: 3]; federated: rounds [default: what the model "
                    "needs: 80 for the default gbdt (76 trees); mlp/logreg up to 100, stopped early (--stop-patience)]. With gbdt, as many trees as fit.")
 @click.option("--stop-patience", type=click.IntRange(0), default=None,
-              help="Federated mlp/logreg: end the task when the median of the nodes' signed validation losses has "
-                   "not improved for this many rounds (recorded on chain, re-checked by the audit); 0 = off "
-                   "(then all rounds run: --rounds, default 100) [default: 5 when --rounds is not given, else off].")
+              help="Federated: end the task when the median of the nodes' signed validation losses has not improved "
+                   "for this many rounds (recorded on chain, re-checked by the audit); 0 = off (mlp/logreg then run "
+                   "--rounds, default 100) [default: 5 for mlp/logreg when --rounds is not given; otherwise, and "
+                   "for gbdt, off].")
 @click.option("--strategy", default="screened-fedavg", show_default=True,
               help="Federated aggregation strategy. gbdt: screened-sum (= screened-fedavg: validity bounds + "
                    "label-consistency screen) or sum (= fedavg: bounds only); mlp/logreg: fedavg, median, "

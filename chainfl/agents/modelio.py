@@ -79,6 +79,20 @@ def is_gbdt(spec: TaskSpec) -> bool:
     return spec.model.get("kind") == "gbdt"
 
 
+def is_newton(spec: TaskSpec) -> bool:
+    return spec.model.get("kind") == "newton"
+
+
+def fitting(spec: TaskSpec):
+    """The task's :class:`~chainfl.learning.newton.NewtonConfig` (newton tasks only)."""
+    return _fitting(json.dumps(spec.model, sort_keys=True), len(spec.feature_names))
+
+
+@lru_cache(maxsize=8)
+def _fitting(model_json: str, n_features: int):
+    return ModelConfig.from_dict(json.loads(model_json)).newton_settings(n_features)
+
+
 def boosting(spec: TaskSpec):
     """The task's :class:`~chainfl.learning.gbdt.GBDTConfig` (gbdt tasks only)."""
     return model_config(spec).boosting(len(spec.feature_names))

@@ -90,9 +90,10 @@ class LocalData:
     y_val: np.ndarray           # [m]
     feature_names: tuple[str, ...]
 
-    def stats(self, log_columns="all") -> FeatureStats:
-        """Aggregate statistics of the training rows (all this node shares for scaling)."""
-        return FeatureStats.compute(self.X, self.feature_names, log_columns)
+    def stats(self, log_columns="all", with_grid: bool = False) -> FeatureStats:
+        """Aggregate statistics of the training rows (all this node shares for scaling; with
+        ``with_grid`` also its rows per grid cell, for the newton model's bins)."""
+        return FeatureStats.compute(self.X, self.feature_names, log_columns, with_grid=with_grid)
 
     @classmethod
     def split(cls, X, y, feature_names, val_fraction: float = 0.2, seed: int = 0) -> "LocalData":
@@ -174,6 +175,9 @@ class NodeAgent:
         if modelio.is_gbdt(spec) and spec.mode != "federated":
             raise AgentError(f"task {self.task_id} trains gbdt in {spec.mode} mode; gbdt grows its trees from "
                              f"the summed histograms of federated rounds only")
+        if modelio.is_newton(spec) and spec.mode != "chained":
+            raise AgentError(f"task {self.task_id} trains newton in {spec.mode} mode; it takes its Newton steps "
+                             f"along the chain only")
         # the model's inputs (scaled for networks, raw for gbdt), training and validation rows
         self._scaled = (modelio.inputs(spec, self.data.X), self.data.y.astype(np.int64),
                         modelio.inputs(spec, self.data.X_val), self.data.y_val.astype(np.int64))
@@ -293,6 +297,14 @@ class NodeAgent:
             problem = self._handoff_problem(handoff, meta)
             if problem:
                 return False, problem, None
+        if modelio.is_newton(self.spec):
+            from chainfl.learning import newton
+
+            problem = newton.check_handoff(modelio.fitting(self.spec), self._load(task.accepted), head_state,
+                                           self._samples_of(task.head),
+                                           newton.pass_of(int(handoff["seq"]) if handoff else task.seq, len(self.spec.nodes)))
+            return (True, "newton: consistent sums", head_state) if problem is None else \
+                (False, f"bounds: {problem}", head_state)
         if self._gate is None:
             return True, "no gate", head_state
         accepted_state = self._load(task.accepted)
@@ -456,6 +468,8 @@ class NodeAgent:
             y = poison_labels(self.attack, y)
         if modelio.is_gbdt(self.spec):
             return self._histograms(state, X, y, step)
+        if modelio.is_newton(self.spec):
+            return self._newton(state, X, y, step)
         cfg = replace(modelio.train_config(self.spec), seed=modelio.node_seed(self.spec, self.index, step))
         res = train_local(modelio.model_config(self.spec), state, X, y, cfg)
         out = res.state
@@ -477,6 +491,23 @@ class NodeAgent:
         p = np.clip(gbdt.predict_proba(cfg, plain, X), 1e-7, 1 - 1e-7)
         loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else 0.0
         return {"update": np.asarray(vec, dtype=np.float32)}, int(X.shape[0]), loss
+
+    def _newton(self, state, X, y, step: int):
+        """newton: the state with this node's gradient/Hessian sums added (after the pass's Newton
+        step when ``state`` completes a pass), its rows and the log-loss at the weights it used."""
+        from chainfl.learning import newton
+
+        cfg = modelio.fitting(self.spec)
+        out = newton.contribute(cfg, state, X, y, step)              # chained: step = the pass index
+        if self.attack is not None and self.attack.poisons_model:   # scale its own sums, keep the rest consistent
+            base = {k: (np.zeros_like(out[k]) if int(out["count"][0]) == 1 else np.asarray(state[k])) for k in ("G", "H")}
+            for k in ("G", "H"):
+                out[k] = base[k] + poison_update(self.attack, out[k] - base[k], np.zeros_like(out[k]),
+                                                 1000 * step + self.index).astype(np.float64)
+        p = np.clip(newton.predict_proba_at(cfg, out["w"], X), 1e-12, 1 - 1e-12)
+        yf = np.asarray(y, dtype=np.float64)
+        loss = float(-np.mean(yf * np.log(p) + (1 - yf) * np.log(1 - p))) if len(yf) else 0.0
+        return out, int(X.shape[0]), loss
 
     def _honest(self, parent: bytes, train_step: int, step_value: int):
         trained, samples, loss = self._train(self._load(parent), step=train_step)

@@ -107,11 +107,14 @@ class RunConfig:
                               f"node's validation reports may count no more rows than it trains on")
         if self.nodes < 1 or (self.rounds is not None and self.rounds < 1):
             raise ConfigError("nodes and rounds must be >= 1")
-        if self.model not in ("auto", "gbdt", "mlp", "logreg"):
-            raise ConfigError(f"unknown model {self.model!r}; use auto, gbdt, mlp or logreg")
+        if self.model not in ("auto", "gbdt", "newton", "mlp", "logreg"):
+            raise ConfigError(f"unknown model {self.model!r}; use auto, gbdt, newton, mlp or logreg")
         if self.model == "gbdt" and self.mode != "federated":
             raise ConfigError("--model gbdt needs --mode federated (its trees grow from the summed histograms "
-                              "of federated rounds); chained mode trains --model mlp")
+                              "of federated rounds); chained mode trains --model newton or mlp")
+        if self.model == "newton" and self.mode != "chained":
+            raise ConfigError("--model newton takes one Newton step per pass of the model along the chain: use "
+                              "--mode chained (federated mode trains --model gbdt)")
         unknown = [k for k in attack_kinds(self.attack) if k not in ATTACKS]
         if unknown or (len(attack_kinds(self.attack)) > 1 and "none" in attack_kinds(self.attack)):
             raise ConfigError(f"unknown attack {self.attack!r}; use one of {', '.join(ATTACKS)}, or several "
@@ -426,7 +429,7 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
         accounts = [chain.account(i + 1) for i in range(cfg.nodes)]
         coordinator_account = chain.accounts[0]
         spec = build_spec(mode=cfg.mode, nodes=[a.address for a in accounts], rounds=cfg.rounds,
-                          stats=[d.stats() for d in locals_], hidden=cfg.hidden, model_kind=cfg.model_kind,
+                          stats=[d.stats(with_grid=cfg.model_kind == "newton") for d in locals_], hidden=cfg.hidden, model_kind=cfg.model_kind,
                           epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, strategy=cfg.strategy,
                           gate=cfg.gate, seed=cfg.seed, round_seconds=cfg.round_seconds,
                           fetch_patience=IN_PROCESS_FETCH_PATIENCE, stopping=stopping_settings(cfg.stop_patience))

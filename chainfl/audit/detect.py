@@ -406,6 +406,17 @@ def score_dataset(release: Release, dataset) -> Scored:
         attributions = gbdt.contributions(cfg, plain, raw)[0] if len(ds) else np.zeros((0, X.shape[1]))
         return Scored(list(ds.ids), scores, attributions, list(release.feature_names), release.threshold,
                       inputs=X.astype(np.float64))
+    if release.model.kind == "newton":
+        # a logistic regression on piecewise-linear encodings: each feature's log-odds
+        # contribution is exact (the margin is the bias plus their sum)
+        from chainfl.learning import newton
+
+        cfg = release.model.newton_settings(X.shape[1])
+        raw = np.nan_to_num(np.asarray(ds.X, dtype=np.float32))
+        scores = newton.predict_proba(cfg, release.state, raw) if len(ds) else np.zeros(0)
+        attributions = newton.contributions(cfg, release.state, raw)[0] if len(ds) else np.zeros((0, X.shape[1]))
+        return Scored(list(ds.ids), scores, attributions, list(release.feature_names), release.threshold,
+                      inputs=X.astype(np.float64))
     model = build_model(release.model, X.shape[1], 0)
     set_state(model, release.state)
     model.eval()

@@ -45,8 +45,9 @@ def _write_atomic(path: str, obj) -> None:
 @click.option("--no-gate", is_flag=True, help="Chained: no validation gate.")
 @click.option("--epochs", type=int, default=2, show_default=True)
 @click.option("--hidden", default="32,16", show_default=True, help="Hidden layer widths of the MLP.")
-@click.option("--model", type=click.Choice(["auto", "gbdt", "mlp", "logreg"]), default="auto", show_default=True,
-              help="auto: gbdt in federated mode (unless --strategy is a weight-averaging rule), mlp in chained mode.")
+@click.option("--model", type=click.Choice(["auto", "gbdt", "newton", "mlp", "logreg"]), default="auto", show_default=True,
+              help="auto: gbdt in federated mode (unless --strategy is a weight-averaging rule), mlp in chained mode. "
+                   "newton: chained only, its bins from the nodes' `node stats --bins` counts.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--round-seconds", type=int, default=600, show_default=True, help="Federated round deadline.")
 @click.option("--quorum", type=int, default=0, show_default=True, help="Federated: finalize at this many updates (0 = all).")

@@ -48,12 +48,15 @@ def node_group():
 @click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False), required=True)
 @click.option("--label", default=None, help="Label column of the CSV [the features.json's].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Where to write stats JSON.")
+@click.option("--bins", is_flag=True, default=False,
+              help="Also count the rows per cell of the fixed grid (needed by --model newton, whose bins are "
+                   "agreed from them; reveals each feature's distribution at ~9 % resolution).")
 @column_options
 @_split
 @account_option
 @keystore_option
 @json_option
-def stats_cmd(data_path, label, output, features, drop, features_file, fill, val_fraction, split_seed, account,
+def stats_cmd(data_path, label, output, bins, features, drop, features_file, fill, val_fraction, split_seed, account,
               keystore, as_json):
     """Aggregate statistics of this node's training rows (counts, sums, sums of squares only),
     for the coordinator to agree the feature scaling without seeing any row.
@@ -70,7 +73,7 @@ def stats_cmd(data_path, label, output, features, drop, features_file, fill, val
     y = read_labels(data_path, plan.label)
     train = training_rows(y, val_fraction, split_seed)
     result = stream_feature_stats(data_path, plan.label, train, features=plan.features, drop=plan.drop,
-                                  fill_missing=plan.fill)
+                                  fill_missing=plan.fill, with_grid=bins)
     stats = result.stats
     body = stats.to_dict()
     if account is not None or keystore:
@@ -86,7 +89,8 @@ def stats_cmd(data_path, label, output, features, drop, features_file, fill, val
     summary = {"output": output, "rows": result.rows, "training_rows": stats.count,
                "validation_rows": result.rows - stats.count, "label": plan.label,
                "features": list(stats.feature_names), "not_features": result.choice.dropped_dict(),
-               "features_file": plan.manifest, "node": body.get("node")}
+               "features_file": plan.manifest, "node": body.get("node"),
+               "grid_cells": None if stats.grid is None else len(stats.grid)}
     if as_json:
         echo_json(summary)
         return

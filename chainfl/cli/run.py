@@ -122,9 +122,11 @@ def _f(v) -> str:
 @click.option("--epochs", type=int, default=2, show_default=True, help="Local epochs per visit/round.")
 @click.option("--lr", type=float, default=1e-2, show_default=True,
               help="Local learning rate (long chained runs need less, e.g. 5e-4 for 50 nodes x 20 rounds).")
-@click.option("--model", type=click.Choice(["auto", "gbdt", "mlp", "logreg"]), default="auto", show_default=True,
+@click.option("--model", type=click.Choice(["auto", "gbdt", "newton", "mlp", "logreg"]), default="auto", show_default=True,
               help="auto: gbdt (histogram-based federated boosted trees, equal to pooled training) in federated "
-                   "mode unless --strategy is a weight-averaging rule (krum, median, ...), mlp in chained mode.")
+                   "mode unless --strategy is a weight-averaging rule (krum, median, ...), mlp in chained mode. "
+                   "newton (chained only): logistic regression on piecewise-linear bins, one Newton step per "
+                   "pass, equal to pooled Newton (5 passes by default).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--registry", "registry_address", envvar="CHAINFL_REGISTRY", default=None,
               help="Registry address (default: the recorded deployment, else a new one).")

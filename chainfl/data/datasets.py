@@ -275,14 +275,15 @@ class StreamedStats:
 def stream_feature_stats(path: str | Path, label: str, rows: np.ndarray | None = None, *,
                          features: Sequence[str] | None = None, drop: Iterable[str] = (),
                          fill_missing: float | None = None, log="all",
-                         chunk_rows: int | None = None) -> StreamedStats:
+                         chunk_rows: int | None = None, with_grid: bool = False) -> StreamedStats:
     """:class:`FeatureStats` of the rows selected by the boolean mask ``rows`` (default: all),
     reading ``path`` in chunks, so memory is one chunk plus a few bytes per row whatever the size.
 
     Bitwise equal to ``FeatureStats.compute(load_csv(...).X[rows], ...)``: the cells go through
     the same conversions (string -> float64 -> float32 -> signed log1p in float64), and the sums
     are kept exact across chunks (:func:`chainfl.data.csvfile.exact_sum_parts`) and rounded once.
-    Without ``features`` the columns are chosen as :func:`load_csv` chooses them.
+    Without ``features`` the columns are chosen as :func:`load_csv` chooses them. ``with_grid``
+    adds the rows per grid cell (:meth:`FeatureStats.compute`'s ``with_grid``), counted per chunk.
     """
     path = Path(path)
     reader = _FeatureReader(path, label, features, drop, fill_missing, None)
@@ -291,12 +292,23 @@ def stream_feature_stats(path: str | Path, label: str, rows: np.ndarray | None =
     sums = {c: [] for c in candidates}
     sumsq = {c: [] for c in candidates}
     count = n_rows = 0
+    if with_grid:
+        from chainfl.data.scaling import stats_grid
+        from chainfl.learning.encoding import grid_boundaries
+
+        boundaries, n_cells = grid_boundaries(stats_grid()), stats_grid().n_cells
+        cells = {c: np.zeros(n_cells, dtype=np.int64) for c in candidates}
     usecols = [c for c in reader.usecols if c != label] if reader.profiler is None else reader.usecols
     for start, chunk in iter_chunks(path, usecols=usecols, chunk_rows=chunk_rows):
         n_rows += len(chunk)
         keep = slice(None) if rows is None else _chunk_mask(rows, start, len(chunk), path)
         for name, values in reader.values(start, chunk).items():
             t = values.astype(np.float32).astype(np.float64)[keep]
+            if with_grid:
+                if not np.all(np.isfinite(t)):
+                    raise DataError(f"{path}: column {name!r} holds NaN or infinite values; fill them "
+                                    f"(--fill 0) before counting bins", path=str(path))
+                cells[name] += np.bincount(np.searchsorted(boundaries, t + 0.0, side="right"), minlength=n_cells)
             if mask[name]:
                 t = signed_log1p(t)
             sums[name] = exact_sum_parts(t.tolist(), sums[name])
@@ -307,9 +319,14 @@ def stream_feature_stats(path: str | Path, label: str, rows: np.ndarray | None =
     if rows is not None and len(rows) != n_rows:
         raise DataError(f"{path}: the row mask has {len(rows)} entries but the file {n_rows} rows", path=str(path))
     choice = reader.choice()
+    grid = None
+    if with_grid:
+        from chainfl.data.scaling import sparse_grid
+
+        grid = sparse_grid(np.concatenate([cells[n] for n in choice.features]), len(choice.features))
     stats = FeatureStats(tuple(choice.features), tuple(mask[n] for n in choice.features), count,
                          tuple(math.fsum(sums[n]) for n in choice.features),
-                         tuple(math.fsum(sumsq[n]) for n in choice.features))
+                         tuple(math.fsum(sumsq[n]) for n in choice.features), grid)
     return StreamedStats(stats, choice, n_rows)
 
 

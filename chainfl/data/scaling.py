@@ -12,12 +12,19 @@ transformed columns (:class:`FeatureStats`), never rows. Sums are accumulated wi
 equal the pooled computation over all nodes' rows up to float64 rounding (relative error ~1e-15),
 whatever the split. Both :class:`FeatureStats` and :class:`Scaler` serialise to plain JSON
 (``to_dict``/``from_dict``) so they can travel in a task config.
+
+Optionally (``with_grid=True``; ``chainfl node stats --bins``) the statistics also hold the node's rows
+per cell of the fixed grid of :mod:`chainfl.learning.encoding` (sparse ``[feature, cell, rows]``
+triples), for models whose bins are agreed before the task starts (the chained ``newton``
+model). Those counts reveal the node's marginal distribution of each raw feature at ~9 %
+resolution; they are left out unless asked for.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -63,17 +70,34 @@ class FeatureStats:
     count: int                     # rows
     sum: tuple[float, ...]         # per column
     sumsq: tuple[float, ...]       # per column
+    grid: tuple[tuple[int, int, int], ...] | None = None   # (feature, grid cell, rows), sorted; None: not shared
 
     @classmethod
-    def compute(cls, X: np.ndarray, feature_names: Sequence[str], log="all") -> "FeatureStats":
-        """Statistics of a node's own rows ``X`` ``[n, d]``."""
+    def compute(cls, X: np.ndarray, feature_names: Sequence[str], log="all", with_grid: bool = False) -> "FeatureStats":
+        """Statistics of a node's own rows ``X`` ``[n, d]`` (``with_grid``: with the grid counts)."""
         mask = _log_mask(list(feature_names), log)
         T = _apply_log(X, mask)
         if not np.isfinite(T).all():
             raise DataError("features contain NaN or infinite values; clean them before scaling")
         sums = tuple(math.fsum(T[:, j]) for j in range(T.shape[1]))
         sumsq = tuple(math.fsum(T[:, j] * T[:, j]) for j in range(T.shape[1]))
-        return cls(tuple(feature_names), mask, int(T.shape[0]), sums, sumsq)
+        cells = None
+        if with_grid:
+            from chainfl.learning.encoding import bin_statistics
+
+            cells = sparse_grid(bin_statistics(np.asarray(X, dtype=np.float32), stats_grid()), len(mask))
+        return cls(tuple(feature_names), mask, int(T.shape[0]), sums, sumsq, cells)
+
+    def grid_counts(self) -> np.ndarray:
+        """The dense grid counts ``[d * n_cells]`` (float64) of :func:`stats_grid`; DataError without them."""
+        if self.grid is None:
+            raise DataError("these statistics carry no grid counts; recompute them with "
+                            "`chainfl node stats --bins` (the newton model agrees its bins from them)")
+        d, C = len(self.feature_names), stats_grid().n_cells
+        out = np.zeros(d * C, dtype=np.float64)
+        for j, c, n in self.grid:
+            out[j * C + c] += n
+        return out
 
     @classmethod
     def merge(cls, parts: Sequence["FeatureStats"]) -> "FeatureStats":
@@ -87,25 +111,70 @@ class FeatureStats:
                 raise DataError("nodes reported statistics for different columns or log settings; "
                                 "all nodes must use the same feature list and log choice")
         d = len(first.feature_names)
+        cells = None
+        if all(p.grid is not None for p in parts):
+            cells = sparse_grid(sum(p.grid_counts() for p in parts), d)
         return cls(first.feature_names, first.log, sum(p.count for p in parts),
                    tuple(math.fsum(p.sum[j] for p in parts) for j in range(d)),
-                   tuple(math.fsum(p.sumsq[j] for p in parts) for j in range(d)))
+                   tuple(math.fsum(p.sumsq[j] for p in parts) for j in range(d)), cells)
 
     def to_dict(self) -> dict:
-        return {"feature_names": list(self.feature_names), "log": list(self.log), "count": self.count,
-                "sum": list(self.sum), "sumsq": list(self.sumsq)}
+        out = {"feature_names": list(self.feature_names), "log": list(self.log), "count": self.count,
+               "sum": list(self.sum), "sumsq": list(self.sumsq)}
+        if self.grid is not None:
+            out["grid"] = {**stats_grid().to_dict(), "cells": [list(t) for t in self.grid]}
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureStats":
         try:
             out = cls(tuple(d["feature_names"]), tuple(bool(v) for v in d["log"]), int(d["count"]),
-                      tuple(float(v) for v in d["sum"]), tuple(float(v) for v in d["sumsq"]))
+                      tuple(float(v) for v in d["sum"]), tuple(float(v) for v in d["sumsq"]),
+                      _read_grid(d["grid"]) if d.get("grid") is not None else None)
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"malformed feature statistics: {e!r}") from e
         n = len(out.feature_names)
         if not (len(out.log) == len(out.sum) == len(out.sumsq) == n) or out.count < 0:
             raise DataError("malformed feature statistics: column lists differ in length or count < 0")
+        if out.grid is not None:
+            C = stats_grid().n_cells
+            per_feature = np.zeros(n, dtype=np.int64)
+            for j, c, rows in out.grid:
+                if not (0 <= j < n and 0 <= c < C and rows >= 1):
+                    raise DataError(f"malformed feature statistics: grid entry {[j, c, rows]} is not "
+                                    f"[feature < {n}, cell < {C}, rows >= 1]")
+                per_feature[j] += rows
+            keys = [(j, c) for j, c, _ in out.grid]
+            if keys != sorted(set(keys)):
+                raise DataError("malformed feature statistics: grid entries are not sorted and unique")
+            if np.any(per_feature != out.count):
+                bad = int(np.flatnonzero(per_feature != out.count)[0])
+                raise DataError(f"malformed feature statistics: the grid counts {int(per_feature[bad])} rows "
+                                f"of feature {bad}, the statistics {out.count}")
         return out
+
+
+@lru_cache(maxsize=1)
+def stats_grid() -> "BinConfig":
+    """The fixed grid node statistics count on (:class:`chainfl.learning.encoding.BinConfig` defaults)."""
+    from chainfl.learning.encoding import BinConfig
+
+    return BinConfig()
+
+
+def sparse_grid(counts: np.ndarray, n_features: int) -> tuple[tuple[int, int, int], ...]:
+    """Dense grid counts ``[d * n_cells]`` -> sorted ``(feature, cell, rows)`` triples of the non-empty cells."""
+    C = stats_grid().n_cells
+    counts = np.asarray(counts)
+    nz = np.flatnonzero(counts)
+    return tuple((int(i // C), int(i % C), int(round(float(counts[i])))) for i in nz)
+
+
+def _read_grid(g: dict) -> tuple[tuple[int, int, int], ...]:
+    settings = {k: int(v) for k, v in g.items() if k != "cells"}
+    if settings != {k: int(v) for k, v in stats_grid().to_dict().items()}:
+        raise ValueError(f"grid {settings} is not this chainfl's grid {stats_grid().to_dict()}")
+    return tuple((int(j), int(c), int(n)) for j, c, n in g["cells"])
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,10 @@ def predict_scores(model_cfg: ModelConfig, state: Mapping[str, np.ndarray], X: n
 
         cfg = model_cfg.boosting(X.shape[1])
         return gbdt.predict_proba(cfg, {k: np.asarray(v) for k, v in state.items()}, X)
+    if model_cfg.kind == "newton":
+        from chainfl.learning import newton
+
+        return newton.predict_proba(model_cfg.newton_settings(X.shape[1]), state, X)
     model = build_model(model_cfg, X.shape[1], 0)
     set_state(model, state)
     model.eval()

@@ -8,7 +8,9 @@ Models output one logit per row; the positive class is "fraud/illicit".
 Kinds: ``mlp`` and ``logreg`` are torch networks on scaled inputs (the task's agreed
 :class:`~chainfl.data.scaling.Scaler`); ``gbdt`` is the histogram-based federated gradient-boosted
 trees of :mod:`chainfl.learning.gbdt` on the raw features (its bins are agreed in its first
-round), whose state holds float32 *and* int32 arrays — :func:`expected_layout` gives every
+round), whose state holds float32 *and* int32 arrays; ``newton`` is the chained Newton logistic
+regression on piecewise-linear encodings of :mod:`chainfl.learning.newton` (raw features, its
+encoder in the config, a float64/int64 state) — :func:`expected_layout` gives every
 kind's names, shapes and dtypes, :func:`model_inputs` what each kind reads, and
 :func:`predict_scores` in :mod:`chainfl.learning.evaluate` scores any kind.
 """
@@ -27,7 +29,7 @@ from chainfl.errors import LearningError
 
 State = "OrderedDict[str, np.ndarray]"
 
-KINDS = ("mlp", "logreg", "gbdt")
+KINDS = ("mlp", "logreg", "gbdt", "newton")
 #: kinds that are torch networks trained by SGD (the rest have their own protocol)
 NETWORK_KINDS = ("mlp", "logreg")
 
@@ -40,6 +42,7 @@ class ModelConfig:
     hidden: tuple[int, ...] = (64, 32)   # widths of the hidden layers (ignored for "logreg"/"gbdt")
     dropout: float = 0.0                 # dropout after each hidden layer while training
     gbdt: dict | None = None             # kind "gbdt": chainfl.learning.gbdt.GBDTConfig.to_dict()
+    newton: dict | None = None           # kind "newton": chainfl.learning.newton.NewtonConfig.to_dict()
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -53,6 +56,15 @@ class ModelConfig:
             object.__setattr__(self, "gbdt", GBDTConfig.from_dict(self.gbdt).to_dict())   # validated, canonical
         elif self.gbdt is not None:
             raise LearningError(f"boosting settings given for a {self.kind!r} model; use kind 'gbdt'")
+        if self.kind == "newton":
+            from chainfl.learning.newton import NewtonConfig
+
+            if not self.newton:
+                raise LearningError("a newton model needs its encoder settings (ModelConfig(kind='newton', "
+                                    "newton=NewtonConfig(...).to_dict()))")
+            object.__setattr__(self, "newton", NewtonConfig.from_dict(self.newton).to_dict())
+        elif self.newton is not None:
+            raise LearningError(f"newton settings given for a {self.kind!r} model; use kind 'newton'")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if any(h <= 0 for h in self.hidden):
             raise LearningError(f"hidden widths must be positive, got {self.hidden}")
@@ -60,7 +72,7 @@ class ModelConfig:
             raise LearningError(f"dropout must be in [0, 1), got {self.dropout}")
 
     def __hash__(self):
-        return hash((self.kind, self.hidden, self.dropout, repr(self.gbdt)))
+        return hash((self.kind, self.hidden, self.dropout, repr(self.gbdt), repr(self.newton)))
 
     @property
     def is_network(self) -> bool:
@@ -78,16 +90,39 @@ class ModelConfig:
             raise LearningError(f"the gbdt model reads {cfg.n_features} features, the data has {n_features}")
         return cfg
 
+    def newton_settings(self, n_features: int | None = None):
+        """The :class:`~chainfl.learning.newton.NewtonConfig` of a newton model (checked against
+        ``n_features`` when given)."""
+        if self.kind != "newton":
+            raise LearningError(f"a {self.kind!r} model has no newton settings")
+        cfg = _newton_config(self)
+        if n_features is not None and cfg.n_features != int(n_features):
+            raise LearningError(f"the newton model reads {cfg.n_features} features, the data has {n_features}")
+        return cfg
+
     def to_dict(self) -> dict:
         d = {"kind": self.kind, "hidden": list(self.hidden), "dropout": self.dropout}
         if self.gbdt is not None:
             d["gbdt"] = dict(self.gbdt)
+        if self.newton is not None:
+            d["newton"] = dict(self.newton)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "ModelConfig":
         return cls(kind=d.get("kind", "mlp"), hidden=tuple(d.get("hidden", (64, 32))),
-                   dropout=float(d.get("dropout", 0.0)), gbdt=d.get("gbdt"))
+                   dropout=float(d.get("dropout", 0.0)), gbdt=d.get("gbdt"), newton=d.get("newton"))
+
+
+def _newton_config(cfg: ModelConfig):
+    """The parsed NewtonConfig of ``cfg``, kept on the (frozen) config after the first call."""
+    parsed = cfg.__dict__.get("_newton_cfg")
+    if parsed is None:
+        from chainfl.learning.newton import NewtonConfig
+
+        parsed = NewtonConfig.from_dict(cfg.newton)
+        object.__setattr__(cfg, "_newton_cfg", parsed)
+    return parsed
 
 
 class Detector(nn.Module):
@@ -153,6 +188,10 @@ def expected_layout(cfg: ModelConfig, n_features: int) -> "OrderedDict[str, tupl
         from chainfl.learning import gbdt
 
         return OrderedDict(gbdt.state_shapes(cfg.boosting(n_features)))
+    if cfg.kind == "newton":
+        from chainfl.learning import newton
+
+        return OrderedDict(newton.state_shapes(cfg.newton_settings(n_features)))
     return OrderedDict((k, (s, np.dtype(np.float32)))
                        for k, s in state_shapes(get_state(build_model(cfg, n_features, 0))).items())
 
@@ -169,13 +208,18 @@ def initial_model_state(cfg: ModelConfig, n_features: int, seed: int = 0) -> "Or
 
         init = gbdt.init_state(cfg.boosting(n_features))
         return OrderedDict((k, init[k]) for k in expected_layout(cfg, n_features))
+    if cfg.kind == "newton":
+        from chainfl.learning import newton
+
+        init = newton.init_state(cfg.newton_settings(n_features))
+        return OrderedDict((k, init[k]) for k in expected_layout(cfg, n_features))
     return get_state(build_model(cfg, n_features, seed))
 
 
 def model_inputs(cfg: ModelConfig, scaler, X) -> np.ndarray:
     """What a model of ``cfg`` reads from raw feature rows ``X``: networks the task's scaled
-    inputs (``scaler.transform``), gbdt the raw values (its bins are quantiles of them)."""
-    if cfg.kind == "gbdt":
+    inputs (``scaler.transform``), gbdt and newton the raw values (their bins are quantiles of them)."""
+    if cfg.kind in ("gbdt", "newton"):
         return np.asarray(X, dtype=np.float32)
     return scaler.transform(X)
 

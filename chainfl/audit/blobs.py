@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import numpy as np
+
 from chainfl.errors import (BlobNotFoundError, BlobTooLargeError, ChainflError, CodecError, IntegrityError,
                             StoreError)
 from chainfl.storage.codec import check_state, decode_model, digest as sha256
@@ -39,24 +41,59 @@ class BlobProblem(ChainflError):
         return self.kind in UNSEEN
 
 
-class BlobCache:
-    """Fetches blobs by CID, checks them against the on-chain digest, decodes models once."""
+#: Bytes of verified blobs (and, separately, of decoded models) an audit keeps in memory; older
+#: entries are dropped (and fetched again if needed), so memory stays bounded by the history's size.
+CACHE_BYTES = 256 * 2**20
 
-    def __init__(self, store, timeout: float, max_bytes: int | None = None):
+
+class _Bounded(OrderedDict):
+    """An LRU mapping holding at most ``budget`` bytes of values (``size(value)``); the newest
+    entry is always kept."""
+
+    def __init__(self, budget: int, size):
+        super().__init__()
+        self.budget, self.size, self.held = int(budget), size, 0
+
+    def get_fresh(self, key):
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def put(self, key, value) -> None:
+        if key in self:
+            self.held -= self.size(super().pop(key))
+        super().__setitem__(key, value)
+        self.held += self.size(value)
+        while self.held > self.budget and len(self) > 1:
+            _, old = self.popitem(last=False)
+            self.held -= self.size(old)
+
+
+def _state_bytes(entry) -> int:
+    return sum(int(np.asarray(v).nbytes) for v in entry[0].values())
+
+
+class BlobCache:
+    """Fetches blobs by CID, checks them against the on-chain digest, decodes models once (while
+    they fit in :data:`CACHE_BYTES`; failures are always remembered)."""
+
+    def __init__(self, store, timeout: float, max_bytes: int | None = None, budget: int = CACHE_BYTES):
         self.store = store
         self.timeout = timeout
         self.max_bytes = max_bytes
-        self.raw: dict[tuple[bytes, str], bytes] = {}
+        self.raw = _Bounded(budget, len)
         self.failures: dict[tuple[bytes, str], tuple[str, str]] = {}
-        self.models: dict[tuple[bytes, str], tuple[OrderedDict, dict]] = {}
+        self.models = _Bounded(budget, _state_bytes)
         self.fetched = 0
         self.bytes = 0
 
     def blob(self, digest: bytes, cid: str, max_bytes: int | None = None) -> bytes:
         """Verified bytes; raises :class:`BlobProblem` on any failure (cached)."""
         key = (bytes(digest), cid)
-        if key in self.raw:
-            return self.raw[key]
+        cached = self.raw.get_fresh(key)
+        if cached is not None:
+            return cached
         if key in self.failures:
             raise BlobProblem(*self.failures[key])
         limit = max_bytes if max_bytes is not None else self.max_bytes
@@ -77,13 +114,14 @@ class BlobCache:
         if got != key[0]:
             return self._fail(key, "digest-mismatch",
                               f"sha256 of the blob is {hx(got)}, the chain records {hx(key[0])}")
-        self.raw[key] = data
+        self.raw.put(key, data)
         return data
 
     def model(self, digest: bytes, cid: str, expected: dict | None) -> tuple[OrderedDict, dict]:
         key = (bytes(digest), cid)
-        if key in self.models:
-            state, meta = self.models[key]
+        cached = self.models.get_fresh(key)
+        if cached is not None:
+            state, meta = cached
             if expected is not None:
                 try:
                     check_state(state, expected)
@@ -96,8 +134,9 @@ class BlobCache:
         except CodecError as e:
             self.failures[key] = ("model-invalid", f"not a usable model blob: {e}")
             raise BlobProblem(*self.failures[key]) from e
-        self.models[key] = (OrderedDict(state), meta)
-        return self.models[key]
+        entry = (OrderedDict(state), meta)
+        self.models.put(key, entry)
+        return entry
 
     def _fail(self, key, kind: str, message: str):
         self.failures[key] = (kind, message)

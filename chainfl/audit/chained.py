@@ -10,7 +10,12 @@
   and claim no more rows than its producer committed — else it is a violation (some node
   accepted what it must not have); a **rejected** handoff's problems are the producer's
   misbehaviour, handled by the rejection (a finding); the pending final head is judged by the
-  release check.
+  release check;
+* **newton tasks** (:mod:`chainfl.learning.newton`): a receiver's check is deterministic from
+  public data (the two states, the claimed rows, the pass), so the audit redoes it: an accepted
+  handoff that fails it is a violation (``handoff-newton``), and a rejection of a handoff that
+  passes every check (blob, meta, rows, Newton rule) is held against the *rejecter*
+  (``rejected-unjustified``), not the producer — only ``unavailable`` is taken as recorded.
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ import numpy as np
 from chainfl.aggregation.decision import reason_code
 from chainfl.audit.blobs import BlobProblem, hx
 from chainfl.audit.history import Handoff, Rejection, Skip
+from chainfl.errors import ChainflError
+
+
+def _is_newton(a) -> bool:
+    return a.spec is not None and a.spec.model.get("kind") == "newton"
 
 
 def replay(a) -> None:
@@ -31,6 +41,7 @@ def replay(a) -> None:
     cids = {c.initial_digest: c.initial_cid}
     losses: dict[int, list[float]] = {}
     fate: dict[bytes, str] = {}                 # handoff digest -> "accepted" | "rejected"
+    by_digest = {h.digest: h for h in a.h.handoffs}
     for step in a.h.steps:
         if isinstance(step, Handoff):
             rnd = (step.seq - 1) // a.n_nodes + 1
@@ -69,9 +80,17 @@ def replay(a) -> None:
                             "node": step.producer, "by": step.node, "reason": step.reason})
             a.node(step.node).rejections_issued += 1
             a.node(step.producer).rejections_received += 1
-            a.find(f"rejected:{reason_code(step.reason) or 'gate'}", step.producer,
-                   f"handoff {seq} rejected by {step.node}: {step.reason}", round=where["round"], seq=seq or None,
-                   cid=where["cid"])
+            unjustified = None
+            if _is_newton(a) and reason_code(step.reason) != "unavailable" and step.digest in by_digest:
+                unjustified = _passes_every_check(a, by_digest[step.digest], cids)
+            if unjustified:
+                a.find("rejected-unjustified", step.node, f"rejected handoff {seq} of {step.producer} "
+                       f"({step.reason}), which passes every check: {unjustified}", round=where["round"],
+                       seq=seq or None, cid=where["cid"])
+            else:
+                a.find(f"rejected:{reason_code(step.reason) or 'gate'}", step.producer,
+                       f"handoff {seq} rejected by {step.node}: {step.reason}", round=where["round"], seq=seq or None,
+                       cid=where["cid"])
             if step.node != expected:
                 a.violate("rejection-turn", f"rejection by {step.node} but it was {expected}'s turn", **where)
             if step.digest != head or head == accepted:
@@ -105,7 +124,7 @@ def replay(a) -> None:
             expected = step.next
     if accepted != c.initial_digest:
         fate.setdefault(accepted, "accepted")
-    _check_blobs(a, fate)
+    _check_blobs(a, fate, cids)
     for rnd, values in sorted(losses.items()):
         a.rounds.append({"round": rnd, "handoffs": len(values), "mean_loss": float(np.mean(values)),
                          "min_loss": float(np.min(values)), "max_loss": float(np.max(values))})
@@ -113,7 +132,7 @@ def replay(a) -> None:
                   "head_cid": cids.get(head), "accepted_cid": cids.get(accepted)}
 
 
-def _check_blobs(a, fate: dict[bytes, str]) -> None:
+def _check_blobs(a, fate: dict[bytes, str], cids: dict[bytes, str]) -> None:
     for h in a.h.handoffs:
         rnd = (h.seq - 1) // a.n_nodes + 1
         where = dict(round=rnd, seq=h.seq, node=h.node, cid=h.cid)
@@ -123,6 +142,8 @@ def _check_blobs(a, fate: dict[bytes, str]) -> None:
                                     parent=h.parent)
             problem = _handoff_problem(a, h, meta)
             kind = "handoff-claim"
+            if problem is None and status == "accepted" and _is_newton(a):
+                problem, kind = _newton_problem(a, h, cids), "handoff-newton"
         except BlobProblem as p:
             problem, kind = p.message, p.kind
         if problem is None:
@@ -145,3 +166,31 @@ def _handoff_problem(a, h: Handoff, meta: dict) -> str | None:
     if cap is not None and h.samples > cap:
         return f"it claims {h.samples} training rows, but {h.node} committed {cap}"
     return None
+
+
+def _newton_problem(a, h: Handoff, cids: dict[bytes, str]) -> str | None:
+    """Why handoff ``h`` breaks the newton rule against its parent (None: it does not)."""
+    from chainfl.agents.modelio import fitting
+    from chainfl.learning import newton
+
+    try:                                  # (the lineage records these blobs where they are checked)
+        child, _ = a.cache.model(h.digest, h.cid, a.expected)
+        parent, _ = a.cache.model(h.parent, cids.get(h.parent, ""), a.expected)
+    except BlobProblem as p:
+        return f"{p.kind}: {p.message}"
+    try:
+        return newton.check_handoff(fitting(a.spec), parent, child, h.samples, newton.pass_of(h.seq, len(a.spec.nodes)))
+    except ChainflError as e:                 # a state of the wrong shape, a spec that does not parse
+        return f"cannot be checked: {e}"
+
+
+def _passes_every_check(a, h: Handoff, cids: dict[bytes, str]) -> str | None:
+    """A description when handoff ``h`` passes every check a receiver makes (blob, meta, claimed
+    rows, the newton rule), None when one fails (the rejection was justified)."""
+    try:
+        _, meta = a.cache.model(h.digest, h.cid, a.expected)
+    except BlobProblem:
+        return None
+    if _handoff_problem(a, h, meta) is not None or _newton_problem(a, h, cids) is not None:
+        return None
+    return "its blob verifies, its meta and claimed rows are its producer's, and its sums obey the Newton rule"

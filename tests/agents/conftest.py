@@ -52,7 +52,8 @@ class World:
 
     def spec(self, mode: str, rounds: int = 2, **kw):
         return build_spec(mode=mode, nodes=[a.address for a in self.accounts], rounds=rounds,
-                          stats=[d.stats() for d in self.datas], hidden=(8,), epochs=1, batch_size=32,
+                          stats=[d.stats(with_grid=kw.get("model_kind") == "newton") for d in self.datas],
+                          hidden=(8,), epochs=1, batch_size=32,
                           seed=3, **kw)
 
     def coordinator(self, **kw) -> Coordinator:

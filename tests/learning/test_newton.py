@@ -1,0 +1,172 @@
+"""The chained Newton model: each pass's step equals pooled Newton whatever the partition, the
+receiver's check accepts every honest handoff and rejects scaled, altered and mis-stepped ones,
+the bytes are deterministic, and the per-feature contributions add up to the margin."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_classification
+
+from chainfl.data.scaling import FeatureStats
+from chainfl.errors import DataError, LearningError
+from chainfl.learning import newton as N
+from chainfl.learning.encoding import BinConfig, bin_statistics, sum_counts
+from chainfl.learning.evaluate import predict_scores
+from chainfl.learning.models import ModelConfig, expected_layout, initial_model_state
+from chainfl.storage.codec import decode_model, encode_model
+
+
+def _data(n=600, d=5, seed=0):
+    X, y = make_classification(n_samples=n, n_features=d, n_informative=3, weights=[0.8], random_state=seed)
+    X = (X * 100).astype(np.float32)
+    X[::7, 0] = 0.0
+    return X, y.astype(np.int64)
+
+
+def _cfg(parts, bins=8, l2=1.0):
+    b = BinConfig(max_bins=bins)
+    return N.NewtonConfig.from_counts(sum_counts([bin_statistics(X, b) for X, _ in parts]), parts[0][0].shape[1], b, l2)
+
+
+def _chain(cfg, parts, passes):
+    s = N.init_state(cfg)
+    for r in range(passes):
+        for X, y in parts:
+            s = N.contribute(cfg, s, X, y, r)
+    return s
+
+
+def _pooled_newton(cfg, X, y, steps):
+    Z = N.design(cfg, X)
+    reg = np.full(cfg.width, cfg.l2)
+    reg[-1] = 0
+    w = np.zeros(cfg.width)
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-(Z @ w)))
+        g = Z.T @ (p - y) + reg * w
+        H = Z.T @ (Z * (p * (1 - p))[:, None]) + np.diag(reg)
+        w = w - np.linalg.solve(H, g)
+    return w
+
+
+def test_each_pass_is_a_pooled_newton_step_whatever_the_partition():
+    X, y = _data()
+    order = np.argsort(y, kind="stable")                       # label-skewed: nodes see one class
+    skewed = [(X[i], y[i]) for i in np.array_split(order, 4)]
+    iid = [(X[i], y[i]) for i in np.array_split(np.arange(len(y)), 4)]
+    cfg = _cfg(iid)
+    pooled = _pooled_newton(cfg, X, y, 3)
+    for parts in (skewed, iid):
+        w = N.weights(cfg, _chain(cfg, parts, 3))
+        np.testing.assert_allclose(w, pooled, rtol=1e-8, atol=1e-8)
+    p = N.predict_proba(cfg, _chain(cfg, iid, 3), X)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y, p) > 0.9
+
+
+def test_honest_handoffs_pass_and_bad_ones_are_named():
+    X, y = _data()
+    parts = [(X[i], y[i]) for i in np.array_split(np.arange(len(y)), 3)]
+    cfg = _cfg(parts)
+    s = N.init_state(cfg)
+    for r in range(3):
+        for X_k, y_k in parts:
+            new = N.contribute(cfg, s, X_k, y_k, r)
+            assert N.check_handoff(cfg, s, new, len(y_k), r) is None
+            s = new
+    X_k, y_k = parts[0]
+    honest = N.contribute(cfg, s, X_k, y_k, 3)                 # the first of pass 3: stepped
+    assert N.check_handoff(cfg, s, honest, len(y_k), 3) is None
+    boosted = dict(honest, G=honest["G"] * 10, H=honest["H"] * 10)
+    assert "scaled contribution" in N.check_handoff(cfg, s, boosted, len(y_k), 3)
+    # flipped labels scaled x10: the gradient sum outgrows the rows claimed
+    flipped = N.contribute(cfg, s, X_k, 1 - y_k, 3)
+    assert "exceeds" in N.check_handoff(cfg, s, dict(flipped, G=flipped["G"] * 10), len(y_k), 3)
+    # the same sums claimed for fewer rows
+    assert N.check_handoff(cfg, s, honest, len(y_k) // 20, 3) is not None
+    wrong_step = dict(honest, w=honest["w"] + 1e-3)
+    assert "Newton step" in N.check_handoff(cfg, s, wrong_step, len(y_k), 3)
+    mid = N.contribute(cfg, honest, *parts[1], 3)
+    assert N.check_handoff(cfg, honest, mid, len(parts[1][1]), 3) is None
+    moved = dict(mid, w=mid["w"] * 1.01)
+    assert "changed mid-pass" in N.check_handoff(cfg, honest, moved, len(parts[1][1]), 3)
+    assert "count" in N.check_handoff(cfg, honest, dict(mid, count=mid["count"] + 1), len(parts[1][1]), 3)
+    assert "pass" in N.check_handoff(cfg, honest, mid, len(parts[1][1]), 4)
+    negative = dict(mid, H=honest["H"] - (mid["H"] - honest["H"]))
+    assert N.check_handoff(cfg, honest, negative, len(parts[1][1]), 3) is not None
+    # off-diagonal entries no rows can produce
+    H = mid["H"].copy()
+    i, j = np.triu_indices(cfg.width)
+    off = np.flatnonzero((i != j) & (j != cfg.width - 1))[0]
+    H[off] += 50.0
+    assert "Cauchy-Schwarz" in N.check_handoff(cfg, honest, dict(mid, H=H), len(parts[1][1]), 3)
+
+
+def test_a_rejected_first_handoff_of_a_pass_leaves_the_step_to_the_next():
+    X, y = _data()
+    parts = [(X[i], y[i]) for i in np.array_split(np.arange(len(y)), 3)]
+    cfg = _cfg(parts)
+    s = _chain(cfg, parts, 1)
+    # handoff 4 (the first of pass 1) was rejected: handoff 5 builds on the pass-0 state and steps
+    nxt = N.contribute(cfg, s, *parts[1], N.pass_of(5, 3))
+    assert int(nxt["pass"][0]) == 1 and int(nxt["count"][0]) == 1
+    np.testing.assert_array_equal(nxt["w"], N.newton_step(cfg, s))
+    assert N.check_handoff(cfg, s, nxt, len(parts[1][1]), 1) is None
+
+
+def test_bytes_are_deterministic_and_the_model_kind_round_trips():
+    X, y = _data()
+    parts = [(X[i], y[i]) for i in np.array_split(np.arange(len(y)), 2)]
+    cfg = _cfg(parts)
+    a, b = _chain(cfg, parts, 2), _chain(cfg, parts, 2)
+    meta = {"kind": "handoff"}
+    assert encode_model(a, meta) == encode_model(b, meta)
+    model = ModelConfig(kind="newton", newton=cfg.to_dict())
+    assert ModelConfig.from_dict(model.to_dict()) == model
+    layout = expected_layout(model, X.shape[1])
+    assert list(layout) == ["w", "G", "H", "count", "pass"]
+    state, _ = decode_model(encode_model(a, meta), layout)
+    np.testing.assert_array_equal(predict_scores(model, state, X), N.predict_proba(cfg, a, X))
+    init = initial_model_state(model, X.shape[1])
+    assert all(np.all(v == 0) for v in init.values())
+    with pytest.raises(LearningError, match="newton settings given"):
+        ModelConfig(kind="mlp", newton=cfg.to_dict())
+    with pytest.raises(LearningError, match="encoder"):
+        ModelConfig(kind="newton")
+
+
+def test_contributions_add_up_to_the_margin():
+    X, y = _data()
+    cfg = _cfg([(X, y)])
+    s = _chain(cfg, [(X, y)], 2)
+    contrib, base = N.contributions(cfg, s, X[:50])
+    assert contrib.shape == (50, X.shape[1])
+    np.testing.assert_allclose(base + contrib.sum(1), N.predict_margin(cfg, s, X[:50]), rtol=1e-10, atol=1e-10)
+    zero_contrib, _ = N.contributions(cfg, s, np.zeros((1, X.shape[1]), np.float32))
+    assert np.all(zero_contrib == 0)
+
+
+def test_grid_counts_in_statistics_give_the_same_encoder_and_refuse_tampering():
+    X, y = _data()
+    names = [f"f{i}" for i in range(X.shape[1])]
+    halves = np.array_split(np.arange(len(y)), 2)
+    stats = [FeatureStats.compute(X[h], names, with_grid=True) for h in halves]
+    merged = FeatureStats.merge(stats)
+    direct = _cfg([(X[h], y[h]) for h in halves], bins=16)
+    from chainfl.agents.setup import newton_config
+
+    assert newton_config(stats) == direct
+    assert FeatureStats.from_dict(stats[0].to_dict()) == stats[0]
+    assert merged.grid_counts().sum() == len(y) * X.shape[1]
+    d = stats[0].to_dict()
+    d["grid"]["cells"][0][2] += 1                      # counts no longer add up to the rows
+    with pytest.raises(DataError, match="grid counts"):
+        FeatureStats.from_dict(d)
+    plain = FeatureStats.compute(X, names)
+    assert "grid" not in plain.to_dict()
+    from chainfl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="node stats --bins"):
+        newton_config([plain])

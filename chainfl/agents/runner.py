@@ -61,7 +61,7 @@ class RunConfig:
 
     mode: str = "chained"            # "chained" (model travels node to node) or "federated"
     nodes: int = 5                   # node accounts (dev accounts 1..nodes; 0 coordinates)
-    rounds: int | None = None        # chained: passes over all nodes (None: 3); federated: rounds (None:
+    rounds: int | None = None        # chained: passes over all nodes (None: 5 newton, 3 networks); federated: rounds (None:
                                      #   what the model needs: gbdt's trees; networks up to 100, stopped early)
     stop_patience: int | None = None  # federated networks: stop after this many rounds without improvement in
                                      #   the nodes' validation reports (None: 5 when rounds is None, else off; 0: off)
@@ -84,7 +84,7 @@ class RunConfig:
     eval_accounts: int = 200         # simulated accounts on the new (evaluation) chain
     test_fraction: float = 0.2       # held-out test share for eth_fraud / csv
     val_fraction: float = 0.2        # each node's validation share
-    model: str = "auto"              # auto | gbdt | mlp | logreg (auto: model_for(mode, strategy))
+    model: str = "auto"              # auto | gbdt | newton | mlp | logreg (auto: model_for(mode, strategy))
     hidden: tuple[int, ...] = (32, 16)
     epochs: int = 2                  # local epochs per visit / round
     batch_size: int = 32

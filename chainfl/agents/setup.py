@@ -97,15 +97,20 @@ DEFAULT_NETWORK_ROUNDS = 100
 DEFAULT_GBDT = dict(n_trees=76, depth=4, learning_rate=0.3, concurrent_trees=4)
 
 
-def model_for(mode: str, strategy: str) -> str:
+def model_for(mode: str, strategy: str, stats=None) -> str:
     """``--model auto``: gbdt for federated tasks (it matches pooled boosted trees) unless the
-    strategy is a weight-averaging rule only networks have (krum, median, ...); the MLP otherwise
-    (chained mode: gbdt needs federated rounds)."""
+    strategy is a weight-averaging rule only networks have (krum, median, ...), then the MLP;
+    newton for chained tasks (pooled Newton pass by pass) — the MLP when node statistics are given
+    and some carry no grid counts (``node stats`` without ``--bins``)."""
     from chainfl.aggregation.boosting import BOOSTING_STRATEGIES, FROM_NETWORK
 
-    if mode == "federated" and (strategy in FROM_NETWORK or strategy in BOOSTING_STRATEGIES):
-        return "gbdt"
-    return "mlp"
+    if mode == "federated":
+        return "gbdt" if (strategy in FROM_NETWORK or strategy in BOOSTING_STRATEGIES) else "mlp"
+    if stats is not None and any(getattr(s, "grid", None) is None for s in stats):
+        log.info("chained task: the node statistics carry no grid counts (node stats --bins), so --model auto "
+                 "trains the mlp, not newton")
+        return "mlp"
+    return "newton"
 
 
 def gbdt_config(n_features: int, node_rows=(), rounds: int | None = None, **settings):

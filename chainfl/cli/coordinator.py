@@ -32,7 +32,7 @@ def _write_atomic(path: str, obj) -> None:
 @click.option("--stats", "stats_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Per-node statistics from `chainfl node stats` (repeat --stats for each node).")
 @click.option("--rounds", type=click.IntRange(1), default=None,
-              help="Chained: passes over the nodes [default: 3]; federated: rounds [default: what the model "
+              help="Chained: passes over the nodes [default: 5 for newton, 3 for mlp/logreg]; federated: rounds [default: what the model "
                    "needs: 80 for the default gbdt; mlp/logreg up to 100, stopped early (--stop-patience)]; with gbdt, as many trees as fit.")
 @click.option("--stop-patience", type=click.IntRange(0), default=None,
               help="Federated: end the task when the median of the nodes' signed validation losses has not improved "
@@ -46,8 +46,9 @@ def _write_atomic(path: str, obj) -> None:
 @click.option("--epochs", type=int, default=2, show_default=True)
 @click.option("--hidden", default="32,16", show_default=True, help="Hidden layer widths of the MLP.")
 @click.option("--model", type=click.Choice(["auto", "gbdt", "newton", "mlp", "logreg"]), default="auto", show_default=True,
-              help="auto: gbdt in federated mode (unless --strategy is a weight-averaging rule), mlp in chained mode. "
-                   "newton: chained only, its bins from the nodes' `node stats --bins` counts.")
+              help="auto: gbdt in federated mode (unless --strategy is a weight-averaging rule); newton in chained "
+                   "mode when every node's statistics carry grid counts (`node stats --bins`), else mlp. "
+                   "newton: chained only, its bins from those counts.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--round-seconds", type=int, default=600, show_default=True, help="Federated round deadline.")
 @click.option("--quorum", type=int, default=0, show_default=True, help="Federated: finalize at this many updates (0 = all).")
@@ -115,9 +116,10 @@ def run_cmd(mode, nodes, stats_files, rounds, stop_patience, strategy, no_gate, 
             for path in stats_files:
                 with open(path) as f:
                     entries.append(read_stats(json.load(f)))
-            spec = build_spec(mode=mode, nodes=node_list, rounds=rounds, stats=stats_for_nodes(entries, node_list),
+            node_stats = stats_for_nodes(entries, node_list)
+            spec = build_spec(mode=mode, nodes=node_list, rounds=rounds, stats=node_stats,
                               hidden=tuple(int(h) for h in hidden.split(",") if h.strip()),
-                              model_kind=model_for(mode, strategy) if model == "auto" else model,
+                              model_kind=model_for(mode, strategy, node_stats) if model == "auto" else model,
                               epochs=epochs, strategy=strategy, gate=not no_gate, seed=seed,
                               round_seconds=round_seconds, quorum=quorum, turn_seconds=turn_timeout,
                               fetch_patience=fetch_patience, stopping=stopping_settings(stop_patience))

@@ -20,7 +20,8 @@ def _table(result) -> None:
         ("nodes x rounds", f"{c.nodes} x {_rounds(result)}"),
         ("model", result.data.get("model", c.model)),
         ("strategy" if c.mode == "federated" else "validation gate",
-         c.strategy if c.mode == "federated" else ("on" if c.gate else "off")),
+         c.strategy if c.mode == "federated" else
+         ("newton rule (always on)" if result.data.get("model") == "newton" else "on" if c.gate else "off")),
         ("attack", "none" if c.attack == "none" else f"{c.attack} ({_nodes(len(result.data.get('malicious', [])))})"),
         ("data", f"{result.data.get('source')} ({c.partition})"),
         (f"F1 on {t.get('source')}", f"{t['f1']:.3f}"),
@@ -77,7 +78,7 @@ def _f(v) -> str:
 @click.option("--mode", type=click.Choice(["chained", "federated"]), default="chained", show_default=True)
 @click.option("--nodes", type=int, default=5, show_default=True, help="Node accounts (data holders).")
 @click.option("--rounds", type=click.IntRange(1), default=None,
-              help="Chained: passes over all nodes [default: 3]; federated: rounds [default: what the model "
+              help="Chained: passes over all nodes [default: 5 for newton, 3 for mlp/logreg]; federated: rounds [default: what the model "
                    "needs: 80 for the default gbdt (76 trees); mlp/logreg up to 100, stopped early (--stop-patience)]. With gbdt, as many trees as fit.")
 @click.option("--stop-patience", type=click.IntRange(0), default=None,
               help="Federated: end the task when the median of the nodes' signed validation losses has not improved "
@@ -124,9 +125,9 @@ def _f(v) -> str:
               help="Local learning rate (long chained runs need less, e.g. 5e-4 for 50 nodes x 20 rounds).")
 @click.option("--model", type=click.Choice(["auto", "gbdt", "newton", "mlp", "logreg"]), default="auto", show_default=True,
               help="auto: gbdt (histogram-based federated boosted trees, equal to pooled training) in federated "
-                   "mode unless --strategy is a weight-averaging rule (krum, median, ...), mlp in chained mode. "
-                   "newton (chained only): logistic regression on piecewise-linear bins, one Newton step per "
-                   "pass, equal to pooled Newton (5 passes by default).")
+                   "mode unless --strategy is a weight-averaging rule (krum, median, ...); newton in chained mode "
+                   "(logistic regression on piecewise-linear bins, one Newton step per pass, equal to pooled "
+                   "Newton; 5 passes by default).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--registry", "registry_address", envvar="CHAINFL_REGISTRY", default=None,
               help="Registry address (default: the recorded deployment, else a new one).")

@@ -465,6 +465,8 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
         # 6. evaluation with the release
         release_state, release_meta = modelio.load_model(store, coordinator.release.cid, coordinator.release.digest,
                                                          spec)
+        source = str(release_meta.get("source", ""))
+        tracker.finish(bytes.fromhex(source[2:]) if source.startswith("0x") else None)
         test = _score(spec, release_state, data, coordinator.threshold)
         test["source"] = data.test_source
 
@@ -548,18 +550,43 @@ class _RoundTracker:
         self.rounds: list[dict] = []
         self._seen_handoffs = 0
         self._seen_rejections = 0
+        self._pending = None          # chained: (pass, head, losses, extra) until the next node decides on it
 
     def after_handoff(self, task, agent) -> None:
+        """Chained: a pass's model is its last handoff *as the next node decided on it* — the head
+        once accepted, the model it was returned to when rejected (never an unchecked head)."""
         n = len(self.spec.nodes)
-        if task.seq % n:
-            return
         history = self.coordinator.follower.history
         self.coordinator.follower.catch_up()
+        if self._pending is not None and task.seq > self._pending[4]:
+            self._flush(self._decided(self._pending[1]))
+        if task.seq % n:
+            return
         new = history.handoffs[self._seen_handoffs:]
-        self._losses = [h["lossE6"] / 1e6 for h in new]
         rejections = len(history.rejections) - self._seen_rejections
         self._seen_handoffs, self._seen_rejections = len(history.handoffs), len(history.rejections)
-        self._record(task.seq // n, task.head, agent, {"rejections": rejections})
+        self._pending = (task.seq // n, task.head, [h["lossE6"] / 1e6 for h in new], agent, task.seq,
+                         {"rejections": rejections})
+
+    def finish(self, final_digest: bytes | None) -> None:
+        """Chained: record the last pass with the model the task ended on (the release's source)."""
+        if self._pending is not None:
+            self._flush(final_digest if final_digest is not None else self._decided(self._pending[1]))
+
+    def _decided(self, head: bytes) -> bytes:
+        history = self.coordinator.follower.history
+        if any(h["parent"] == head for h in history.handoffs):
+            return head
+        for rej in history.rejections:
+            if rej["digest"] == head:
+                return rej["restored"]
+        return head
+
+    def _flush(self, digest: bytes) -> None:
+        r, _, losses, agent, _, extra = self._pending
+        self._pending = None
+        self._losses = losses
+        self._record(r, digest, agent, extra)
 
     def after_round(self, task, coordinator) -> None:
         r = task.round

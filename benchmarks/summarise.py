@@ -201,7 +201,8 @@ OTHERS = [("seed_scenario", "python -m benchmarks.seed_scenario", "The seed's sc
           ("early_stopping_gbdt", "python -m benchmarks.early_stopping --model gbdt --partition iid --fixed 0",
            "Early stopping on the default gbdt job"),
           ("protocol_attacks", "python -m benchmarks.protocol_attacks", "Protocol attackers on Anvil"),
-          ("csv_memory", "python -m benchmarks.csv_memory", "Memory of node stats / load_csv / data prepare")]
+          ("csv_memory", "python -m benchmarks.csv_memory", "Memory of node stats / load_csv / data prepare"),
+          ("chained_newton", "python -m benchmarks.chained_newton", "Chained mode with the newton model")]
 
 #: which tables of a results file each question copies (heading keywords; empty = first table)
 TABLE_PICKS = {

@@ -299,3 +299,16 @@ def test_protocol_attacks_tiny_starts_its_own_anvil_and_judges_the_runs(tmp_path
     assert attacked["by_kind"]["copy"]["flags"] == {"flagged:copy": 2}
     assert attacked["by_kind"]["inflated"]["flags"] == {"flagged:samples": 2}
     assert "| seed | F1 clean |" in (tmp_path / "protocol_attacks.md").read_text()
+
+
+def test_chained_newton_tiny(tmp_path, real_data_dir):
+    proc = run_script("chained_newton", "--seeds", "0", "--nodes", "10", "--results-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((tmp_path / "chained_newton.json").read_text())
+    h = meta["headline"]
+    assert h["boosted_20_malicious_rejected"] == 1.0 and h["boosted_20_honest_rejected"] == 0.0
+    assert h["f1_dirichlet_0.5"] > 0.85 and h["handoff_bytes"] > h["weights_bytes"]
+    chain = meta["extra"]["chain"]
+    assert {r["attack"] for r in chain} == {"none", "boosted"} and all(r["audit_ok"] for r in chain)
+    assert all(r["findings_on_honest"] == 0 for r in chain)
+    assert "max |w − pooled Newton|" in (tmp_path / "chained_newton.md").read_text()

@@ -28,8 +28,9 @@ handoff's claimed rows and the pass size, so the audit re-checks every accepted 
 * ``w`` is the parent's (same pass: bit for bit) or the Newton step of the parent (new pass:
   recomputed to a relative 1e-9), ``count`` the parent's + 1 (or 1), ``pass`` the handoff's;
 * the added sums are what ``n`` rows *can* add: ``|dG_j| <= n``, ``0 <= dH_jj <= dH_jb <= dH_bb
-  <= n / 4`` (``z^2 <= z <= 1``), ``|dH_jk| <= sqrt(dH_jj dH_kk)`` (Cauchy-Schwarz), each with
-  a rounding allowance. A scaled ("boosted") contribution breaks them; a fabricated one that
+  <= n / 4`` (``z^2 <= z <= 1``), ``|dH_jk| <= sqrt(dH_jj dH_kk)`` (Cauchy-Schwarz), ``dH``
+  positive semi-definite, each with a rounding allowance, and the state's own Newton step exists
+  (so no accepted state can make the next node, or a report on it, fail). A scaled ("boosted") contribution breaks them; a fabricated one that
   keeps them passes — the bounds are a gate against amplification, not proof of honest data.
 
 **Privacy cost.** A node's ``G`` and ``H`` are aggregates of its rows, but consecutive states
@@ -178,8 +179,13 @@ def newton_step(cfg: NewtonConfig, state: Mapping[str, np.ndarray]) -> np.ndarra
 
 
 def weights(cfg: NewtonConfig, state: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The weights the state stands for: the Newton step from its sums (the fitted model)."""
-    return newton_step(cfg, state)
+    """The weights the state stands for: the Newton step from its sums (the fitted model) — or,
+    for sums no rows can give (whose step does not exist; a receiver never accepts such a state,
+    but a colluding one might), its ``w`` unchanged, so every later node and report can go on."""
+    try:
+        return newton_step(cfg, state)
+    except LearningError:
+        return _plain(cfg, state)["w"].copy()
 
 
 def pass_of(seq: int, n_nodes: int) -> int:
@@ -195,7 +201,7 @@ def _start_pass(cfg: NewtonConfig, s: dict, pass_index: int) -> dict:
         raise LearningError(f"handoff of pass {pass_index} on a state of the later pass {current}")
     if pass_index == current:
         return s
-    return {"w": newton_step(cfg, s), "G": np.zeros_like(s["G"]), "H": np.zeros_like(s["H"]),
+    return {"w": weights(cfg, s), "G": np.zeros_like(s["G"]), "H": np.zeros_like(s["H"]),
             "count": np.zeros(1, np.int64), "pass": np.array([pass_index], np.int64)}
 
 
@@ -277,10 +283,7 @@ def check_handoff(cfg: NewtonConfig, parent: Mapping[str, np.ndarray], child: Ma
         return f"the parent is of the later pass {int(p['pass'][0])}"
     count = int(p["count"][0])
     if int(p["pass"][0]) < int(pass_index):
-        try:
-            expected = newton_step(cfg, p)
-        except LearningError as e:
-            return f"the parent's Newton step fails: {e}"
+        expected = weights(cfg, p)
         scale = 1.0 + float(np.max(np.abs(expected)))
         err = float(np.max(np.abs(c["w"] - expected)))
         if err > STEP_RTOL * scale:
@@ -314,4 +317,11 @@ def check_handoff(cfg: NewtonConfig, parent: Mapping[str, np.ndarray], child: Ma
     off = np.abs(dH) - np.sqrt(np.maximum(diag[i], 0.0) * np.maximum(diag[j], 0.0))
     if float(np.max(off)) > tol:
         return "Hessian breaks Cauchy-Schwarz (|H_jk| <= sqrt(H_jj H_kk)): not a sum of p (1 - p) z z^T"
+    lowest = float(np.linalg.eigvalsh(unpack(cfg, dH))[0])
+    if lowest < -tol * D:
+        return f"Hessian is not positive semi-definite (eigenvalue {lowest:.3g}): not a sum of p (1 - p) z z^T"
+    try:
+        newton_step(cfg, c)                  # the next pass (and every report on it) must be able to step
+    except LearningError as e:
+        return f"the state cannot take its Newton step: {e}"
     return None

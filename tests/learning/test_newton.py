@@ -170,3 +170,41 @@ def test_grid_counts_in_statistics_give_the_same_encoder_and_refuse_tampering():
 
     with pytest.raises(ConfigError, match="node stats --bins"):
         newton_config([plain])
+
+
+def test_sums_no_rows_can_give_are_rejected_before_they_break_the_next_pass():
+    X, y = _data()
+    parts = [(X[i], y[i]) for i in np.array_split(np.arange(len(y)), 3)]
+    cfg = _cfg(parts)
+    s = N.contribute(cfg, N.init_state(cfg), *parts[0], 0)
+    honest = N.contribute(cfg, s, *parts[1], 0)
+    assert N.check_handoff(cfg, s, honest, len(parts[1][1]), 0) is None
+    # an indefinite block that keeps every entry within Cauchy-Schwarz: +-h on a 3x3 off-diagonal
+    # pattern whose eigenvalues go negative
+    D = cfg.width
+    i, j = np.triu_indices(D)
+    pick = [0, 1, 2]
+    dH = honest["H"] - s["H"]
+    diag = dH[i == j]
+    H = honest["H"].copy()
+    for a in pick:
+        for b in pick:
+            if a < b:
+                H[np.flatnonzero((i == a) & (j == b))[0]] = s["H"][np.flatnonzero((i == a) & (j == b))[0]] - \
+                    0.99 * np.sqrt(diag[a] * diag[b])
+    problem = N.check_handoff(cfg, s, dict(honest, H=H), len(parts[1][1]), 0)
+    assert problem is not None and "semi-definite" in problem
+
+
+def test_a_state_without_a_newton_step_still_lets_the_chain_go_on():
+    """A colluding receiver may accept sums no rows can give; the next pass then starts from the
+    state's own w (a defined rule the receivers and the audit recompute), and reports can score it."""
+    X, y = _data()
+    cfg = _cfg([(X, y)])
+    s = N.contribute(cfg, N.init_state(cfg), X, y, 0)
+    broken = dict(s, H=-np.abs(s["H"]))                       # not positive definite
+    np.testing.assert_array_equal(N.weights(cfg, broken), broken["w"])
+    assert np.all(np.isfinite(N.predict_proba(cfg, broken, X)))
+    nxt = N.contribute(cfg, broken, X, y, 1)
+    np.testing.assert_array_equal(nxt["w"], broken["w"])
+    assert N.check_handoff(cfg, broken, nxt, len(y), 1) is None

@@ -118,8 +118,30 @@ def test_node_stats_json_summary(tmp_path, node_csv):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary == {"output": str(out), "rows": 40, "training_rows": 32, "validation_rows": 8, "label": "label",
-                       "features": ["a", "b"], "not_features": [], "features_file": None, "node": None}
+                       "features": ["a", "b"], "not_features": [], "features_file": None, "node": None,
+                       "grid_cells": None}
     assert set(json.loads(out.read_text())) == {"feature_names", "log", "count", "sum", "sumsq"}
+
+
+def test_node_stats_bins_counts_the_training_rows_per_grid_cell(tmp_path, node_csv):
+    """--bins adds the grid counts, streamed, equal to those of the rows `node run` trains on; a
+    chained task's --model auto then trains newton from them."""
+    from chainfl.agents.setup import model_for, newton_config, read_stats
+    from chainfl.data.scaling import FeatureStats
+
+    out = tmp_path / "s.json"
+    result = CliRunner().invoke(main, ["node", "stats", "--data", str(node_csv), "--label", "label", "-o", str(out),
+                                       "--bins", "--account", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["grid_cells"] == 7 + 3          # distinct values of a and b
+    stats, node = read_stats(json.loads(out.read_text()))           # signed, grid included
+    assert node is not None and stats.grid is not None
+    frame = pd.read_csv(node_csv)
+    local = LocalData.split(frame[["a", "b"]].to_numpy(np.float32), frame["label"].to_numpy(), ["a", "b"], 0.2, 0)
+    assert stats == FeatureStats.compute(local.X, ["a", "b"], with_grid=True)
+    assert model_for("chained", "fedavg", [stats]) == "newton"
+    assert model_for("chained", "fedavg", [FeatureStats.compute(local.X, ["a", "b"])]) == "mlp"
+    assert newton_config([stats]).width == newton_config([stats]).ple.width + 1
 
 
 def test_a_validation_share_above_half_is_refused_with_the_reason():

@@ -62,6 +62,7 @@ def run_offline(sp, attack: str = "none", fraction: float = 0.0) -> dict:
     n = len(sp.parts)
     bad = set(choose_malicious(n, fraction, sp.seed)) if attack != "none" else set()
     s = N.init_state(cfg)
+    refs = {}                                  # node -> its rows reference (from its accepted pass-0 handoff)
     counts = {"malicious_rejected": 0, "malicious": 0, "honest_rejected": 0, "honest": 0}
     curve = []
     t0 = time.perf_counter()
@@ -76,7 +77,9 @@ def run_offline(sp, attack: str = "none", fraction: float = 0.0) -> dict:
                 new = N.contribute(cfg, s, X, y, r)
             who = "malicious" if k in bad else "honest"
             counts[who] += 1
-            if N.check_handoff(cfg, s, new, len(y), r) is None:
+            if N.check_handoff(cfg, s, new, len(y), r, refs.get(k)) is None:
+                if r == 0:
+                    refs[k] = N.rows_reference(cfg, s, new, len(y))
                 s = new
             else:
                 counts[who + "_rejected"] += 1

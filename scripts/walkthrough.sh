@@ -5,8 +5,10 @@
 # process; a coordinator runs a federated task on Anvil with model weights in an IPFS daemon; an
 # auditor audits it (HTML report); the release is evaluated on the held-out test.csv and then
 # detects anomalies on a second chain (Ganache) with simulated, labelled activity. Finally
-# `chainfl run` trains in one process on the same node files and settings: the two F1s must agree
-# within 2 points. Exits non-zero on any failure.
+# The same holders then train a chained newton task (separate processes again). `chainfl run`
+# trains both in one process on the same node files and settings: the federated F1s must agree
+# within 2 points, the chained ones (the newton model is deterministic) within 0.005. Exits
+# non-zero on any failure.
 #
 # Usage: scripts/walkthrough.sh            (set up first: scripts/setup.sh --test, for the node tools)
 # Environment: WALKTHROUGH_DIR (work directory, default a fresh temporary one), ROUNDS,
@@ -73,22 +75,53 @@ chainfl chain up --node ganache --port "$GANACHE_PORT"
 chainfl simulate --rpc "http://127.0.0.1:$GANACHE_PORT" --accounts 120 --seed 7 --out "$W/other-chain" --quiet
 chainfl detect --task "$TASK" --scan-rpc "http://127.0.0.1:$GANACHE_PORT" --labels "$W/other-chain/labels.csv" \
     --budget 0.2 -o "$W/alerts.csv"
+
+# 9. Chained mode: the same holders pass a newton model along (logistic regression on shared
+#    bins, one Newton step per pass). --bins adds each holder's rows per grid cell to its signed
+#    statistics; the bins are cut from their sum. Each node checks what it receives.
+for i in 1 2 3 4 5; do
+  chainfl node stats --data "$W/nodes/node$i.csv" --account "$i" --bins -o "$W/bins$i.json"
+done
+chainfl coordinator run --account 0 --mode chained --nodes 5 \
+    --stats "$W/bins1.json" --stats "$W/bins2.json" --stats "$W/bins3.json" \
+    --stats "$W/bins4.json" --stats "$W/bins5.json" \
+    --reports "$W/chained-reports" --task-file "$W/chained-task.json" --json \
+    > "$W/chained-coordinator.json" 2> "$W/chained-coordinator.log" &
+coordinator=$!; pids+=("$coordinator")
+until [ -s "$W/chained-task.json" ]; do sleep 1; kill -0 "$coordinator"; done
+CHAINED=$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))['task_id'])" "$W/chained-task.json")
+for i in 1 2 3 4 5; do
+  chainfl node run --account "$i" --task "$CHAINED" --data "$W/nodes/node$i.csv" \
+      --reports "$W/chained-reports" > "$W/chained-node$i.json" 2> "$W/chained-node$i.log" &
+  pids+=("$!")
+done
+wait "$coordinator"
+chainfl audit --task "$CHAINED"
+chainfl evaluate --task "$CHAINED" --data "$W/nodes/test.csv" --json > "$W/chained-evaluate.json"
 # --8<-- [end:walkthrough]
 
-for i in 1 2 3 4 5; do wait "${pids[$i]}"; done
+for p in "${pids[@]}"; do
+  [ "$p" = "$coordinator" ] || [ "$p" = "${pids[0]}" ] || wait "$p"     # the node processes (coordinators are done)
+done
 echo "== the same node files and settings in one process (chainfl run)"
 chainfl run --data "$W/nodes" --mode federated --nodes 5 --rounds "$ROUNDS" --rpc eth-tester:// \
     --store "file://$W/run-store" --quiet --json > "$W/run.json"
+chainfl run --data "$W/nodes" --mode chained --nodes 5 --rpc eth-tester:// \
+    --store "file://$W/run-store" --quiet --json > "$W/chained-run.json"
 .venv/bin/python - "$W" <<'PY'
 import json, sys
 from pathlib import Path
 w = Path(sys.argv[1])
-multi = json.loads((w / "evaluate.json").read_text())["metrics"]["f1"]
-text = (w / "run.json").read_text()
-single = json.loads(text[text.index("{"):])["test"]["f1"]
-print(f"federated F1 on test.csv: separate processes {multi:.3f}, chainfl run {single:.3f}")
-if abs(multi - single) > 0.02:
-    sys.exit(f"the walkthrough's F1 {multi:.3f} is more than 2 points from chainfl run's {single:.3f}")
+for mode, prefix, limit in (("federated", "", 0.02), ("chained newton", "chained-", 0.005)):
+    multi = json.loads((w / f"{prefix}evaluate.json").read_text())["metrics"]["f1"]
+    text = (w / f"{prefix}run.json").read_text()
+    run = json.loads(text[text.index("{"):])
+    single = run["test"]["f1"]
+    print(f"{mode} F1 on test.csv: separate processes {multi:.3f}, chainfl run {single:.3f}")
+    if abs(multi - single) > limit:
+        sys.exit(f"the walkthrough's {mode} F1 {multi:.3f} is more than {limit} from chainfl run's {single:.3f}")
+    if prefix and run["data"].get("model") != "newton":
+        sys.exit(f"chainfl run --mode chained trained {run['data'].get('model')}, not newton")
 PY
 grep -q "round 1" "$W/coordinator.log" || { echo "the coordinator printed no per-round line" >&2; exit 1; }
 [ -s "$W/audit.html" ] && [ -s "$W/alerts.csv" ]

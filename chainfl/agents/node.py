@@ -62,7 +62,7 @@ from chainfl.aggregation.attacks import PROTOCOL_ATTACKS, AttackConfig, poison_l
 from chainfl.chain.registry import Mode
 from chainfl.data.scaling import FeatureStats
 from chainfl.errors import (AgentError, BlobNotFoundError, BlobTooLargeError, CodecError, ConfigError,
-                            ContractError, IntegrityError)
+                            ContractError, IntegrityError, LearningError)
 from chainfl.learning.chained import ValidationGate
 from chainfl.learning.evaluate import predict_scores
 from chainfl.learning.models import flatten, unflatten
@@ -146,6 +146,7 @@ class NodeAgent:
         self._scaled = None
         self._gate = None
         self._step_cache: dict[bytes, float] = {}
+        self._references: dict = {}           # newton: producer -> its RowsReference
         self._reported: set[str] = set()
         self._tried: set[int] = set()         # rounds a refused attacker already tried
         self.actions: list[str] = []          # what this agent did, for logs and tests
@@ -300,9 +301,11 @@ class NodeAgent:
         if modelio.is_newton(self.spec):
             from chainfl.learning import newton
 
+            pass_index = newton.pass_of(int(handoff["seq"]) if handoff else task.seq, len(self.spec.nodes))
+            producer = str(handoff["node"]) if handoff else ""
             problem = newton.check_handoff(modelio.fitting(self.spec), self._load(task.accepted), head_state,
-                                           self._samples_of(task.head),
-                                           newton.pass_of(int(handoff["seq"]) if handoff else task.seq, len(self.spec.nodes)))
+                                           self._samples_of(task.head), pass_index,
+                                           self._rows_reference(producer) if pass_index > 0 else None)
             return (True, "newton: consistent sums", head_state) if problem is None else \
                 (False, f"bounds: {problem}", head_state)
         if self._gate is None:
@@ -315,6 +318,31 @@ class NodeAgent:
                                       self._gate.score(cfg, accepted_state, Xv, yv), step,
                                       self._recent_steps(task))
         return ok, reason if ok else f"gate: {reason}", head_state
+
+    def _rows_reference(self, producer: str):
+        """newton: what ``producer``'s first valid pass-0 handoff fixes about its rows (None if it
+        has none), recomputed from the blobs on chain, so every node — and the audit — uses the same."""
+        from chainfl.learning import newton
+
+        key = producer.lower()
+        if key in self._references:
+            return self._references[key]
+        cfg = modelio.fitting(self.spec)
+        n = len(self.spec.nodes)
+        for h in self.follower.history.handoffs:
+            if str(h["node"]).lower() != key or newton.pass_of(int(h["seq"]), n) != 0:
+                continue
+            try:
+                parent, child = self._load(h["parent"]), self._load(h["digest"])
+            except (IntegrityError, CodecError, BlobNotFoundError) as e:
+                log.info("%s: %s's pass-0 handoff %s is not usable (%s)", self, producer, h["seq"], e)
+                continue
+            # the first pass-0 handoff that passes the pass-0 check, accepted or not: a receiver
+            # that wrongly rejected it cannot shut its producer out of the later passes
+            if newton.check_handoff(cfg, parent, child, int(h["samples"]), 0) is None:
+                self._references[key] = newton.rows_reference(cfg, parent, child, int(h["samples"]))
+                return self._references[key]
+        return None
 
     def _handoff_problem(self, handoff: dict, meta: dict) -> str | None:
         """Why the handoff's blob is not what its producer claims (None if it is)."""

@@ -178,10 +178,37 @@ def _newton_problem(a, h: Handoff, cids: dict[bytes, str]) -> str | None:
         parent, _ = a.cache.model(h.parent, cids.get(h.parent, ""), a.expected)
     except BlobProblem as p:
         return f"{p.kind}: {p.message}"
+    pass_index = newton.pass_of(h.seq, len(a.spec.nodes))
     try:
-        return newton.check_handoff(fitting(a.spec), parent, child, h.samples, newton.pass_of(h.seq, len(a.spec.nodes)))
+        reference = _rows_reference(a, h.node, cids) if pass_index > 0 else None
+        return newton.check_handoff(fitting(a.spec), parent, child, h.samples, pass_index, reference)
     except ChainflError as e:                 # a state of the wrong shape, a spec that does not parse
         return f"cannot be checked: {e}"
+
+
+def _rows_reference(a, node: str, cids: dict[bytes, str]):
+    """``node``'s :class:`~chainfl.learning.newton.RowsReference` from its first pass-0 handoff that
+    passes the pass-0 check (accepted or not), as the receivers rebuild it; None if it has none."""
+    from chainfl.agents.modelio import fitting
+    from chainfl.learning import newton
+
+    cache = a.__dict__.setdefault("_newton_references", {})
+    key = node.lower()
+    if key not in cache:
+        cache[key] = None
+        cfg = fitting(a.spec)
+        for h in a.h.handoffs:
+            if h.node.lower() != key or newton.pass_of(h.seq, len(a.spec.nodes)) != 0:
+                continue
+            try:
+                child, _ = a.cache.model(h.digest, h.cid, a.expected)
+                parent, _ = a.cache.model(h.parent, cids.get(h.parent, ""), a.expected)
+                if newton.check_handoff(cfg, parent, child, h.samples, 0) is None:
+                    cache[key] = newton.rows_reference(cfg, parent, child, h.samples)
+                    break
+            except (BlobProblem, ChainflError):
+                continue
+    return cache[key]
 
 
 def _passes_every_check(a, h: Handoff, cids: dict[bytes, str]) -> str | None:

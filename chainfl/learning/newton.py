@@ -23,15 +23,27 @@ pooled Newton (up to float64 summation order), whatever the partition: the resul
 depend on label skew, and five passes reach the pooled fit.
 
 **What a receiver checks** (:func:`check_handoff`; deterministic from the two states, the
-handoff's claimed rows and the pass size, so the audit re-checks every accepted handoff):
+handoff's claimed rows, the pass and the producer's pass-0 handoff, so the audit re-checks every
+handoff):
 
 * ``w`` is the parent's (same pass: bit for bit) or the Newton step of the parent (new pass:
   recomputed to a relative 1e-9), ``count`` the parent's + 1 (or 1), ``pass`` the handoff's;
 * the added sums are what ``n`` rows *can* add: ``|dG_j| <= n``, ``0 <= dH_jj <= dH_jb <= dH_bb
-  <= n / 4`` (``z^2 <= z <= 1``), ``|dH_jk| <= sqrt(dH_jj dH_kk)`` (Cauchy-Schwarz), ``dH``
-  positive semi-definite, each with a rounding allowance, and the state's own Newton step exists
-  (so no accepted state can make the next node, or a report on it, fail). A scaled ("boosted") contribution breaks them; a fabricated one that
-  keeps them passes — the bounds are a gate against amplification, not proof of honest data.
+  <= n / 4`` (``z^2 <= z <= 1``), ``|dH_jk| <= sqrt(dH_jj dH_kk)``, ``dH`` positive semi-definite;
+* **pass 0** runs at ``w = 0``, where every row adds ``p (1 - p) = 1/4`` and ``|p - y| = 1/2``:
+  ``dH`` is exactly a quarter of the node's Gram matrix ``Z^T Z`` (``dH_bb = n / 4``), and
+  ``dG = Z^T v`` with ``|v_i| = 1/2``. Its first pass-0 handoff that passes this check (accepted
+  or not, so a receiver that wrongly rejects it cannot shut it out) fixes the node's rows
+  (:class:`RowsReference`), and every later contribution of that node must be one *those
+  rows* can give: the same ``n``, ``dH <= Z^T Z / 4`` (Loewner order, as ``p (1 - p) <= 1/4``),
+  ``dG`` in the span of its rows with ``dG^T (Z^T Z)^+ dG <= n`` (``|p - y| <= 1``). A node
+  without a valid pass-0 handoff cannot contribute later.
+
+Every bound has a rounding allowance. A scaled ("boosted") contribution breaks them, and so do
+sums crafted to push the step where the node's rows carry no curvature; what passes is what the
+node's own rows could give with *some* labels and predictions — as much as a label flipper, not
+more. (A state whose Newton step does not exist stands for its own ``w``, so a colluding receiver
+that accepts one cannot stall the chain.)
 
 **Privacy cost.** A node's ``G`` and ``H`` are aggregates of its rows, but consecutive states
 differ by exactly one node's sums, so every receiver learns its predecessor's sums: ``H``'s
@@ -270,9 +282,10 @@ def contributions(cfg: NewtonConfig, state: Mapping[str, np.ndarray], X: np.ndar
 # --- the receiver's check ------------------------------------------------------------------------
 
 def check_handoff(cfg: NewtonConfig, parent: Mapping[str, np.ndarray], child: Mapping[str, np.ndarray],
-                  samples: int, pass_index: int) -> str | None:
+                  samples: int, pass_index: int, reference: "RowsReference | None" = None) -> str | None:
     """Why ``child`` is not a state one node with ``samples`` rows can make from ``parent`` in
-    pass ``pass_index`` (None: it is). See the module docstring."""
+    pass ``pass_index`` (None: it is). Beyond pass 0 the producer's :class:`RowsReference` (from
+    its accepted pass-0 handoff, :func:`rows_reference`) is required. See the module docstring."""
     p, c = _plain(cfg, parent), _plain(cfg, child)
     n = int(samples)
     if n < 1:
@@ -293,6 +306,8 @@ def check_handoff(cfg: NewtonConfig, parent: Mapping[str, np.ndarray], child: Ma
     else:
         if not np.array_equal(c["w"], p["w"]):
             return "weights changed mid-pass (only the node after a completed pass takes the Newton step)"
+        if int(pass_index) == 0 and np.any(c["w"] != 0):
+            return "pass 0 evaluates at w = 0 (the initial model); these weights are not zero"
         base_G, base_H, want = p["G"], p["H"], count + 1
     if int(c["count"][0]) != want:
         return f"count is {int(c['count'][0])}, expected {want}"
@@ -317,11 +332,73 @@ def check_handoff(cfg: NewtonConfig, parent: Mapping[str, np.ndarray], child: Ma
     off = np.abs(dH) - np.sqrt(np.maximum(diag[i], 0.0) * np.maximum(diag[j], 0.0))
     if float(np.max(off)) > tol:
         return "Hessian breaks Cauchy-Schwarz (|H_jk| <= sqrt(H_jj H_kk)): not a sum of p (1 - p) z z^T"
-    lowest = float(np.linalg.eigvalsh(unpack(cfg, dH))[0])
-    if lowest < -tol * D:
-        return f"Hessian is not positive semi-definite (eigenvalue {lowest:.3g}): not a sum of p (1 - p) z z^T"
     try:
-        newton_step(cfg, c)                  # the next pass (and every report on it) must be able to step
-    except LearningError as e:
-        return f"the state cannot take its Newton step: {e}"
+        vals, vecs = np.linalg.eigh(unpack(cfg, dH))
+    except np.linalg.LinAlgError as e:
+        return f"the Hessian sums cannot be decomposed ({e})"
+    if float(vals[0]) < -tol * D:
+        return f"Hessian is not positive semi-definite (eigenvalue {float(vals[0]):.3g}): not a sum of p (1 - p) z z^T"
+    if int(pass_index) == 0:
+        # at w = 0 every row adds p (1 - p) = 1/4 and |p - y| = 1/2: H is a quarter of the rows' Gram
+        # matrix Z^T Z, and G = Z^T v with |v_i| = 1/2, hence G^T (Z^T Z)^+ G <= n / 4
+        if abs(hb - n / 4) > tol:
+            return f"pass 0 (w = 0): the Hessian bias sum must be n/4 = {n / 4:.6g} exactly, got {hb:.6g}"
+        if np.any(np.abs(dG) > 2 * bias_row + tol):
+            return "pass 0 (w = 0): a gradient sum exceeds twice its Hessian bias entry (|p - y| = 1/2, p (1 - p) = 1/4)"
+        problem = RowsReference(n, 4.0 * vals, vecs).explains(dG, n / 4, tol)
+        if problem:
+            return f"pass 0 (w = 0): {problem}"
+    else:
+        if reference is None:
+            return ("no valid pass-0 contribution of this node to check its sums against (a node's "
+                    "pass-0 sums fix its rows' Gram matrix; without them its later sums are unbounded)")
+        if n != reference.samples:
+            return f"claims {n} rows, but its pass-0 contribution covered {reference.samples}: a node's rows are fixed"
+        # p (1 - p) <= 1/4: H <= Z^T Z / 4 (Loewner order), and G = Z^T v with |v_i| <= 1
+        slack = np.linalg.eigvalsh(reference.quarter_gram() - unpack(cfg, dH))[0]
+        if float(slack) < -tol * D:
+            return (f"Hessian sums exceed what its rows can give (Z^T Z / 4 from its pass-0 sums; eigenvalue "
+                    f"{float(slack):.3g}): a scaled contribution")
+        problem = reference.explains(dG, float(n), tol)
+        if problem:
+            return problem
     return None
+
+
+@dataclass(frozen=True)
+class RowsReference:
+    """What a node's pass-0 contribution fixes about its rows: their count and Gram matrix
+    ``Z^T Z`` (four times its pass-0 Hessian sums, as an eigendecomposition). Its later sums must
+    be ones these rows can give: ``G = Z^T v`` with ``|v_i| <= 1`` (so ``G`` lies in the span of its
+    rows and ``G^T (Z^T Z)^+ G <= n``), ``H <= Z^T Z / 4``."""
+
+    samples: int
+    gram_values: np.ndarray        # [D] ascending
+    gram_vectors: np.ndarray       # [D, D] columns
+
+    def quarter_gram(self) -> np.ndarray:
+        return (self.gram_vectors * (self.gram_values / 4.0)) @ self.gram_vectors.T
+
+    def explains(self, dG: np.ndarray, limit: float, tol: float) -> str | None:
+        """Why ``dG`` is not ``Z^T v`` for some ``|v_i| <= sqrt(limit / n)`` (a necessary condition:
+        ``dG^T (Z^T Z)^+ dG <= |v|^2 <= limit``)."""
+        vals = np.asarray(self.gram_values)
+        # directions the rows (numerically) do not span count with a floored eigenvalue: an honest
+        # gradient has only rounding there, a crafted one pushing there is charged heavily
+        floor = 1e-9 * max(float(vals[-1]), 1.0)
+        coords = self.gram_vectors.T @ dG
+        energy = float(np.sum(coords ** 2 / np.maximum(vals, floor)))
+        if energy > limit * (1 + 1e-6) + tol:
+            return (f"gradient sums need residuals beyond |p - y| <= 1 on its {self.samples} rows "
+                    f"(G^T (Z^T Z)^+ G = {energy:.4g} > {limit:.4g}): a scaled or fabricated contribution")
+        return None
+
+
+def rows_reference(cfg: NewtonConfig, parent: Mapping[str, np.ndarray], child: Mapping[str, np.ndarray],
+                   samples: int) -> RowsReference:
+    """The :class:`RowsReference` of a node from its accepted pass-0 handoff ``parent -> child``."""
+    p, c = _plain(cfg, parent), _plain(cfg, child)
+    if int(c["pass"][0]) != 0 or int(p["pass"][0]) != 0:
+        raise LearningError("a rows reference comes from a pass-0 handoff")
+    vals, vecs = np.linalg.eigh(unpack(cfg, c["H"] - p["H"]))
+    return RowsReference(int(samples), 4.0 * vals, vecs)

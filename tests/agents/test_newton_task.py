@@ -134,6 +134,7 @@ def test_the_audit_blames_a_receiver_that_rejects_an_honest_handoff(world):
     mis = report.misbehaving()
     assert honest not in mis
     assert set(mis) == {rejecter} and set(mis[rejecter]) == {"rejected-unjustified"}
+    # the honest node's pass-0 handoff was valid, so its later contributions are checked against it
 
 
 def test_an_accepted_boosted_handoff_is_a_violation(world):
@@ -158,3 +159,35 @@ def test_newton_needs_chained_mode_and_grid_counts(world):
     with pytest.raises(ConfigError, match="node stats --bins"):
         build_spec(mode="chained", nodes=[a.address for a in world.accounts], rounds=2,
                    stats=[d.stats() for d in world.datas], model_kind="newton")
+
+
+class _Crafter(NodeAgent):
+    """Honest at pass 0; later hands on sums no rows can give: |dG| = n on every weight, Hessian
+    only on the bias (each entry within its own bound)."""
+
+    def _newton(self, state, X, y, step):
+        out, n, loss = super()._newton(state, X, y, step)
+        if step == 0:
+            return out, n, loss
+        base_G = np.zeros_like(out["G"]) if int(out["count"][0]) == 1 else np.asarray(state["G"])
+        base_H = np.zeros_like(out["H"]) if int(out["count"][0]) == 1 else np.asarray(state["H"])
+        D = len(out["w"])
+        i, j = np.triu_indices(D)
+        dH = np.zeros_like(base_H)
+        dH[(i == D - 1) & (j == D - 1)] = n / 4
+        return dict(out, G=base_G + n * np.sign(out["w"] + 1e-12), H=base_H + dH), n, loss
+
+
+def test_crafted_sums_are_rejected_against_the_producers_own_rows(world):
+    coordinator = world.coordinator()
+    task_id = coordinator.create_task(_spec(world, rounds=3))
+    crafter = world.accounts[2].address
+    agents = [world.agent(0, task_id), world.agent(1, task_id), world.agent(2, task_id, cls=_Crafter)]
+    world.drive(coordinator, agents)
+
+    rejections = world.events(task_id, "HandoffRejected")
+    assert len(rejections) == 2 and {r["producer"] for r in rejections} == {crafter}
+    assert all("rows" in r["reason"] for r in rejections)
+    report = audit_task(world.chain, world.registry, world.store, task_id)
+    assert report.ok, report.violations
+    assert report.misbehaving() == {crafter: {"rejected:bounds": 2}}

@@ -29,6 +29,19 @@ def _cfg(parts, bins=8, l2=1.0):
     return N.NewtonConfig.from_counts(sum_counts([bin_statistics(X, b) for X, _ in parts]), parts[0][0].shape[1], b, l2)
 
 
+def _walk(cfg, parts, passes):
+    """``passes`` honest passes, every handoff checked; the state and each node's rows reference."""
+    s, refs = N.init_state(cfg), {}
+    for r in range(passes):
+        for k, (X_k, y_k) in enumerate(parts):
+            new = N.contribute(cfg, s, X_k, y_k, r)
+            assert N.check_handoff(cfg, s, new, len(y_k), r, refs.get(k)) is None
+            if r == 0:
+                refs[k] = N.rows_reference(cfg, s, new, len(y_k))
+            s = new
+    return s, refs
+
+
 def _chain(cfg, parts, passes):
     s = N.init_state(cfg)
     for r in range(passes):
@@ -70,50 +83,73 @@ def test_honest_handoffs_pass_and_bad_ones_are_named():
     X, y = _data()
     parts = [(X[i], y[i]) for i in np.array_split(np.arange(len(y)), 3)]
     cfg = _cfg(parts)
-    s = N.init_state(cfg)
-    for r in range(3):
-        for X_k, y_k in parts:
-            new = N.contribute(cfg, s, X_k, y_k, r)
-            assert N.check_handoff(cfg, s, new, len(y_k), r) is None
-            s = new
+    s, refs = _walk(cfg, parts, 3)
     X_k, y_k = parts[0]
+    ref0, ref1 = refs[0], refs[1]
     honest = N.contribute(cfg, s, X_k, y_k, 3)                 # the first of pass 3: stepped
-    assert N.check_handoff(cfg, s, honest, len(y_k), 3) is None
+    assert N.check_handoff(cfg, s, honest, len(y_k), 3, ref0) is None
+    assert "pass-0" in N.check_handoff(cfg, s, honest, len(y_k), 3)        # no reference: refused
     boosted = dict(honest, G=honest["G"] * 10, H=honest["H"] * 10)
-    assert "scaled contribution" in N.check_handoff(cfg, s, boosted, len(y_k), 3)
+    assert "scaled contribution" in N.check_handoff(cfg, s, boosted, len(y_k), 3, ref0)
     # flipped labels scaled x10: the gradient sum outgrows the rows claimed
     flipped = N.contribute(cfg, s, X_k, 1 - y_k, 3)
-    assert "exceeds" in N.check_handoff(cfg, s, dict(flipped, G=flipped["G"] * 10), len(y_k), 3)
-    # the same sums claimed for fewer rows
-    assert N.check_handoff(cfg, s, honest, len(y_k) // 20, 3) is not None
+    assert N.check_handoff(cfg, s, flipped, len(y_k), 3, ref0) is None    # a flipper's sums are rows' sums
+    assert "exceeds" in N.check_handoff(cfg, s, dict(flipped, G=flipped["G"] * 10), len(y_k), 3, ref0)
+    # the same sums claimed for fewer rows, or checked against another node's rows
+    assert N.check_handoff(cfg, s, honest, len(y_k) // 20, 3, ref0) is not None
+    assert N.check_handoff(cfg, s, honest, len(y_k), 3, ref1) is not None
     wrong_step = dict(honest, w=honest["w"] + 1e-3)
-    assert "Newton step" in N.check_handoff(cfg, s, wrong_step, len(y_k), 3)
+    assert "Newton step" in N.check_handoff(cfg, s, wrong_step, len(y_k), 3, ref0)
     mid = N.contribute(cfg, honest, *parts[1], 3)
-    assert N.check_handoff(cfg, honest, mid, len(parts[1][1]), 3) is None
+    assert N.check_handoff(cfg, honest, mid, len(parts[1][1]), 3, ref1) is None
     moved = dict(mid, w=mid["w"] * 1.01)
-    assert "changed mid-pass" in N.check_handoff(cfg, honest, moved, len(parts[1][1]), 3)
-    assert "count" in N.check_handoff(cfg, honest, dict(mid, count=mid["count"] + 1), len(parts[1][1]), 3)
-    assert "pass" in N.check_handoff(cfg, honest, mid, len(parts[1][1]), 4)
+    assert "changed mid-pass" in N.check_handoff(cfg, honest, moved, len(parts[1][1]), 3, ref1)
+    assert "count" in N.check_handoff(cfg, honest, dict(mid, count=mid["count"] + 1), len(parts[1][1]), 3, ref1)
+    assert "pass" in N.check_handoff(cfg, honest, mid, len(parts[1][1]), 4, ref1)
     negative = dict(mid, H=honest["H"] - (mid["H"] - honest["H"]))
-    assert N.check_handoff(cfg, honest, negative, len(parts[1][1]), 3) is not None
+    assert N.check_handoff(cfg, honest, negative, len(parts[1][1]), 3, ref1) is not None
     # off-diagonal entries no rows can produce
     H = mid["H"].copy()
     i, j = np.triu_indices(cfg.width)
     off = np.flatnonzero((i != j) & (j != cfg.width - 1))[0]
     H[off] += 50.0
-    assert "Cauchy-Schwarz" in N.check_handoff(cfg, honest, dict(mid, H=H), len(parts[1][1]), 3)
+    assert "Cauchy-Schwarz" in N.check_handoff(cfg, honest, dict(mid, H=H), len(parts[1][1]), 3, ref1)
+
+
+def test_crafted_sums_that_push_where_the_rows_have_no_curvature_are_rejected():
+    """Gradient without the curvature rows would add: |dG| = n in every weight, Hessian only on the
+    bias. Each entry is within its own bound; the node's pass-0 Gram matrix exposes it."""
+    X, y = _data()
+    parts = [(X[i], y[i]) for i in np.array_split(np.arange(len(y)), 3)]
+    cfg = _cfg(parts)
+    s, refs = _walk(cfg, parts, 2)
+    X_k, y_k = parts[0]
+    n = len(y_k)
+    honest = N.contribute(cfg, s, X_k, y_k, 2)
+    D = cfg.width
+    i, j = np.triu_indices(D)
+    dH = np.zeros_like(honest["H"])
+    dH[(i == D - 1) & (j == D - 1)] = n / 4
+    crafted = dict(honest, G=n * np.sign(honest["w"] + 1e-12), H=dH)
+    assert "rows" in N.check_handoff(cfg, s, crafted, n, 2, refs[0])
+    # and at pass 0 (w = 0) the sums must be exactly a quarter Gram matrix and half residuals
+    init = N.init_state(cfg)
+    first = N.contribute(cfg, init, X_k, y_k, 0)
+    assert N.check_handoff(cfg, init, first, n, 0) is None
+    assert "pass 0" in N.check_handoff(cfg, init, dict(first, G=first["G"] * 1.5), n, 0)
+    assert "pass 0" in N.check_handoff(cfg, init, dict(first, H=first["H"] * 0.5), n, 0)
 
 
 def test_a_rejected_first_handoff_of_a_pass_leaves_the_step_to_the_next():
     X, y = _data()
     parts = [(X[i], y[i]) for i in np.array_split(np.arange(len(y)), 3)]
     cfg = _cfg(parts)
-    s = _chain(cfg, parts, 1)
+    s, refs = _walk(cfg, parts, 1)
     # handoff 4 (the first of pass 1) was rejected: handoff 5 builds on the pass-0 state and steps
     nxt = N.contribute(cfg, s, *parts[1], N.pass_of(5, 3))
     assert int(nxt["pass"][0]) == 1 and int(nxt["count"][0]) == 1
     np.testing.assert_array_equal(nxt["w"], N.newton_step(cfg, s))
-    assert N.check_handoff(cfg, s, nxt, len(parts[1][1]), 1) is None
+    assert N.check_handoff(cfg, s, nxt, len(parts[1][1]), 1, refs[1]) is None
 
 
 def test_bytes_are_deterministic_and_the_model_kind_round_trips():
@@ -207,4 +243,5 @@ def test_a_state_without_a_newton_step_still_lets_the_chain_go_on():
     assert np.all(np.isfinite(N.predict_proba(cfg, broken, X)))
     nxt = N.contribute(cfg, broken, X, y, 1)
     np.testing.assert_array_equal(nxt["w"], broken["w"])
-    assert N.check_handoff(cfg, broken, nxt, len(y), 1) is None
+    ref = N.rows_reference(cfg, N.init_state(cfg), s, len(y))
+    assert N.check_handoff(cfg, broken, nxt, len(y), 1, ref) is None

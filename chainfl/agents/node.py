@@ -303,6 +303,10 @@ class NodeAgent:
 
             pass_index = newton.pass_of(int(handoff["seq"]) if handoff else task.seq, len(self.spec.nodes))
             producer = str(handoff["node"]) if handoff else ""
+            if handoff is not None and str(handoff["next"]).lower() != self.spec.next_node(producer).lower():
+                # a producer that picks its receiver could visit its accomplices and skip the others
+                return False, (f"order: {producer} handed over to {handoff['next']}, the task's order names "
+                               f"{self.spec.next_node(producer)}"), head_state
             problem = newton.check_handoff(modelio.fitting(self.spec), self._load(task.accepted), head_state,
                                            self._samples_of(task.head), pass_index,
                                            self._rows_reference(producer) if pass_index > 0 else None)

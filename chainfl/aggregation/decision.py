@@ -42,7 +42,7 @@ from chainfl.errors import LearningError
 __all__ = ["Candidate", "RoundOutcome", "decide_round", "REASON_CODES", "reason_code", "UPDATE_KIND"]
 
 #: Codes that start every flag reason (``"<code>: <detail>"``).
-REASON_CODES = ("invalid", "unavailable", "copy", "samples", "screening", "peer", "bounds")
+REASON_CODES = ("invalid", "unavailable", "copy", "samples", "screening", "peer", "bounds", "order")
 #: ``kind`` in the meta of a node's federated update blob (see chainfl.agents.modelio).
 UPDATE_KIND = "update"
 

@@ -178,6 +178,8 @@ def _newton_problem(a, h: Handoff, cids: dict[bytes, str]) -> str | None:
         parent, _ = a.cache.model(h.parent, cids.get(h.parent, ""), a.expected)
     except BlobProblem as p:
         return f"{p.kind}: {p.message}"
+    if a.participant(h.node) and h.next.lower() != a.spec.next_node(h.node).lower():
+        return f"order: handed over to {h.next}, the task's order names {a.spec.next_node(h.node)}"
     pass_index = newton.pass_of(h.seq, len(a.spec.nodes))
     try:
         reference = _rows_reference(a, h.node, cids) if pass_index > 0 else None

@@ -138,12 +138,13 @@ class FeatureStats:
             raise DataError("malformed feature statistics: column lists differ in length or count < 0")
         if out.grid is not None:
             C = stats_grid().n_cells
-            per_feature = np.zeros(n, dtype=np.int64)
+            per_feature = [0] * n                        # Python ints: no wrap-around
             for j, c, rows in out.grid:
-                if not (0 <= j < n and 0 <= c < C and rows >= 1):
+                if not (0 <= j < n and 0 <= c < C and 1 <= rows <= out.count):
                     raise DataError(f"malformed feature statistics: grid entry {[j, c, rows]} is not "
-                                    f"[feature < {n}, cell < {C}, rows >= 1]")
+                                    f"[feature < {n}, cell < {C}, 1 <= rows <= {out.count}]")
                 per_feature[j] += rows
+            per_feature = np.asarray(per_feature, dtype=np.int64)
             keys = [(j, c) for j, c, _ in out.grid]
             if keys != sorted(set(keys)):
                 raise DataError("malformed feature statistics: grid entries are not sorted and unique")
@@ -170,11 +171,32 @@ def sparse_grid(counts: np.ndarray, n_features: int) -> tuple[tuple[int, int, in
     return tuple((int(i // C), int(i % C), int(round(float(counts[i])))) for i in nz)
 
 
-def _read_grid(g: dict) -> tuple[tuple[int, int, int], ...]:
-    settings = {k: int(v) for k, v in g.items() if k != "cells"}
+def _strict_int(v, what: str) -> int:
+    if type(v) is not int:                       # no bools, floats or strings
+        raise ValueError(f"{what} {v!r} is not an integer")
+    return v
+
+
+def _read_grid(g) -> tuple[tuple[int, int, int], ...]:
+    """The grid triples of a statistics JSON, strictly typed (ValueError names what is wrong)."""
+    if not isinstance(g, dict) or not isinstance(g.get("cells"), list):
+        raise ValueError("grid must be an object with a 'cells' list")
+    settings = {k: _strict_int(v, f"grid setting {k}") for k, v in g.items() if k != "cells"}
     if settings != {k: int(v) for k, v in stats_grid().to_dict().items()}:
         raise ValueError(f"grid {settings} is not this chainfl's grid {stats_grid().to_dict()}")
-    return tuple((int(j), int(c), int(n)) for j, c, n in g["cells"])
+    cells = g["cells"]
+    if len(cells) > MAX_GRID_CELLS:
+        raise ValueError(f"grid has {len(cells)} cells, more than {MAX_GRID_CELLS}")
+    out = []
+    for t in cells:
+        if not isinstance(t, list) or len(t) != 3:
+            raise ValueError(f"grid entry {t!r} is not [feature, cell, rows]")
+        out.append(tuple(_strict_int(v, "grid entry value") for v in t))
+    return tuple(out)
+
+
+#: Most grid entries a statistics file may hold (every cell of 512 features).
+MAX_GRID_CELLS = 512 * 2052
 
 
 @dataclass(frozen=True)

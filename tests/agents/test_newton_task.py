@@ -191,3 +191,39 @@ def test_crafted_sums_are_rejected_against_the_producers_own_rows(world):
     report = audit_task(world.chain, world.registry, world.store, task_id)
     assert report.ok, report.violations
     assert report.misbehaving() == {crafter: {"rejected:bounds": 2}}
+
+
+class _Steerer(NodeAgent):
+    """Hands its model to node 1 instead of the next node in the task's order (to visit an
+    accomplice and skip the others)."""
+
+    def _ensure_spec(self) -> bool:
+        if not super()._ensure_spec():
+            return False
+        spec, target = self.spec, self.spec.nodes[1]
+
+        class Steered:
+            def __getattr__(self, name):
+                return getattr(spec, name)
+
+            def next_node(self, node):
+                return target if node.lower() == self_address.lower() else spec.next_node(node)
+
+        self_address = self.address
+        self.spec = Steered()
+        return True
+
+
+def test_a_handoff_to_anyone_but_the_next_node_is_rejected(world):
+    coordinator = world.coordinator()
+    task_id = coordinator.create_task(_spec(world, rounds=2))
+    steerer = world.accounts[2].address
+    agents = [world.agent(0, task_id), world.agent(1, task_id), world.agent(2, task_id, cls=_Steerer)]
+    world.drive(coordinator, agents)
+
+    rejections = world.events(task_id, "HandoffRejected")
+    assert rejections and all(r["producer"] == steerer and r["reason"].startswith("order: ") for r in rejections)
+    report = audit_task(world.chain, world.registry, world.store, task_id)
+    assert report.ok, report.violations
+    assert set(report.misbehaving()) == {steerer}
+    assert set(report.misbehaving()[steerer]) == {"rejected:order"}

@@ -200,6 +200,12 @@ def test_grid_counts_in_statistics_give_the_same_encoder_and_refuse_tampering():
     d["grid"]["cells"][0][2] += 1                      # counts no longer add up to the rows
     with pytest.raises(DataError, match="grid counts"):
         FeatureStats.from_dict(d)
+    good = stats[0].to_dict()["grid"]
+    for bad in ("x", [1, 2], {**good, "cells": [[0, 0, 2**70]]}, {**good, "mantissa_bits": float("inf")},
+                {**good, "cells": good["cells"] + [[1, 5, 2**62]] * 4}, {**good, "cells": [[0, 0, 1.9]]},
+                {**good, "cells": [[True, 0, 1]]}, {**good, "cells": "abc"}):
+        with pytest.raises(DataError, match="malformed feature statistics"):
+            FeatureStats.from_dict({**stats[0].to_dict(), "grid": bad})
     plain = FeatureStats.compute(X, names)
     assert "grid" not in plain.to_dict()
     from chainfl.errors import ConfigError

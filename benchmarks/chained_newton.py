@@ -52,6 +52,21 @@ def _pooled(cfg, X, y, steps):
     return w
 
 
+def _crafted(new, parent, ref, n):
+    """The strongest sums the receivers' check lets through, as we know it: honest at pass 0 (to
+    get its rows reference), then gradient sums at the edge of ``G^T (Z^T Z)^+ G <= n`` pushing
+    every weight toward and past 0, and no curvature (all its rows "confident mistakes")."""
+    first = int(new["count"][0]) == 1
+    base_G = np.zeros_like(new["G"]) if first else np.asarray(parent["G"])
+    base_H = np.zeros_like(new["H"]) if first else np.asarray(parent["H"])
+    gram = (ref.gram_vectors * ref.gram_values) @ ref.gram_vectors.T
+    d = gram @ np.sign(new["w"])
+    floor = 1e-9 * max(float(ref.gram_values[-1]), 1.0)
+    coords = ref.gram_vectors.T @ d
+    energy = float(np.sum(coords ** 2 / np.maximum(ref.gram_values, floor)))
+    return dict(new, G=base_G + d * np.sqrt(n / energy) * 0.999, H=base_H.copy())
+
+
 def run_offline(sp, attack: str = "none", fraction: float = 0.0) -> dict:
     """One chained run over the split's nodes; returns per-pass metrics and the gate's counts."""
     from benchmarks.models_offline import test_metrics
@@ -68,7 +83,11 @@ def run_offline(sp, attack: str = "none", fraction: float = 0.0) -> dict:
     t0 = time.perf_counter()
     for r in range(PASSES):
         for k, (X, y) in enumerate(sp.parts):
-            if k in bad:
+            if k in bad and attack == "crafted":
+                new = N.contribute(cfg, s, X, y, r)
+                if r > 0 and k in refs:
+                    new = _crafted(new, s, refs[k], len(y))
+            elif k in bad:
                 new = N.contribute(cfg, s, X, 1 - y, r)
                 if attack == "boosted":
                     base = {key: (np.zeros_like(new[key]) if int(new["count"][0]) == 1 else s[key]) for key in ("G", "H")}
@@ -119,7 +138,7 @@ def offline_tables(seeds) -> tuple[list[Table], dict, list]:
                   rows)
     attack_rows = []
     clean = {r["seed"]: r["f1"] for r in raw if r["partition"] == "Dirichlet α=0.5"}
-    for attack in ("boosted", "label-flip"):
+    for attack in ("boosted", "label-flip", "crafted"):
         for fraction in (0.2, 0.3):
             runs = [run_offline(prepare(seed, 50, "dirichlet", 0.5), attack, fraction) for seed in seeds]
             for seed, r in zip(seeds, runs):
@@ -137,7 +156,9 @@ def offline_tables(seeds) -> tuple[list[Table], dict, list]:
                     ["attack", "attackers", "malicious handoffs rejected", "honest handoffs rejected", "F1",
                      "worst F1 change vs clean (points)"], attack_rows,
                     note="boosted = flipped labels, own gradient/Hessian sums x10 (w and count kept consistent); "
-                         "label-flip = flipped labels only.")
+                         "label-flip = flipped labels only; crafted = honest in pass 0, then gradient sums at the "
+                         "edge of the rows bound G^T (Z^T Z)^+ G <= n pushing every weight toward and past 0, with "
+                         "no Hessian (the strongest attack on the check we know).")
     first = raw[0]
     headline["handoff_bytes"] = first["handoff_bytes"]
     headline["weights_bytes"] = first["weights_bytes"]

@@ -225,6 +225,9 @@ class NodeAgent:
     # -- chained ----------------------------------------------------------------------------
     def _chained(self, task) -> str:
         spec = self.spec
+        cids = self.follower.history.cids
+        if bytes(task.head) not in cids or bytes(task.accepted) not in cids:
+            return "waiting"        # the chain's view is ahead of the events read so far: next poll
         finished = task.seq >= spec.total_handoffs
         if task.expected is None or task.expected.lower() != self.address.lower():
             if finished:

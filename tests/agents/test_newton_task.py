@@ -227,3 +227,19 @@ def test_a_handoff_to_anyone_but_the_next_node_is_rejected(world):
     assert report.ok, report.violations
     assert set(report.misbehaving()) == {steerer}
     assert set(report.misbehaving()[steerer]) == {"rejected:order"}
+
+
+@pytest.mark.parametrize("kind", ["copy", "inflated", "sign-flip", "free-rider"])
+def test_protocol_and_model_attackers_are_rejected_and_only_they_are_named(world, kind):
+    coordinator = world.coordinator()
+    task_id = coordinator.create_task(_spec(world, rounds=2))
+    bad = world.accounts[2].address
+    agents = [world.agent(0, task_id), world.agent(1, task_id),
+              world.agent(2, task_id, attack=AttackConfig(kind, 0.34, factor=10.0))]
+    world.drive(coordinator, agents)
+
+    rejections = world.events(task_id, "HandoffRejected")
+    assert rejections and all(r["producer"] == bad for r in rejections)
+    report = audit_task(world.chain, world.registry, world.store, task_id)
+    assert report.ok, report.violations
+    assert set(report.misbehaving()) == {bad}

@@ -53,9 +53,9 @@ def _pooled(cfg, X, y, steps):
 
 
 def _crafted(new, parent, ref, n):
-    """The strongest sums the receivers' check lets through, as we know it: honest at pass 0 (to
-    get its rows reference), then gradient sums at the edge of ``G^T (Z^T Z)^+ G <= n`` pushing
-    every weight toward and past 0, and no curvature (all its rows "confident mistakes")."""
+    """Honest at pass 0 (to get its rows reference), then gradient sums at the edge of
+    ``G^T (Z^T Z)^+ G <= n`` pushing every weight toward and past 0, and no curvature (the label
+    sums of the rows reference reject most of these)."""
     first = int(new["count"][0]) == 1
     base_G = np.zeros_like(new["G"]) if first else np.asarray(parent["G"])
     base_H = np.zeros_like(new["H"]) if first else np.asarray(parent["H"])
@@ -65,6 +65,16 @@ def _crafted(new, parent, ref, n):
     coords = ref.gram_vectors.T @ d
     energy = float(np.sum(coords ** 2 / np.maximum(ref.gram_values, floor)))
     return dict(new, G=base_G + d * np.sqrt(n / energy) * 0.999, H=base_H.copy())
+
+
+def _confident(new, parent, ref):
+    """A flipper (flipped labels from pass 0 on) that later claims every one of its rows is
+    confidently wrong (``p = 1 - y`` for its flipped ``y``, no curvature): the largest residuals
+    toward its labels that the rows bound lets through."""
+    first = int(new["count"][0]) == 1
+    base_G = np.zeros_like(new["G"]) if first else np.asarray(parent["G"])
+    base_H = np.zeros_like(new["H"]) if first else np.asarray(parent["H"])
+    return dict(new, G=base_G + ref.column_sums - 2.0 * ref.label_sums, H=base_H.copy())
 
 
 def run_offline(sp, attack: str = "none", fraction: float = 0.0) -> dict:
@@ -83,10 +93,14 @@ def run_offline(sp, attack: str = "none", fraction: float = 0.0) -> dict:
     t0 = time.perf_counter()
     for r in range(PASSES):
         for k, (X, y) in enumerate(sp.parts):
-            if k in bad and attack == "crafted":
+            if k in bad and attack == "crafted-ellipsoid":
                 new = N.contribute(cfg, s, X, y, r)
                 if r > 0 and k in refs:
                     new = _crafted(new, s, refs[k], len(y))
+            elif k in bad and attack == "crafted-box":
+                new = N.contribute(cfg, s, X, 1 - y, r)
+                if r > 0 and k in refs:
+                    new = _confident(new, s, refs[k])
             elif k in bad:
                 new = N.contribute(cfg, s, X, 1 - y, r)
                 if attack == "boosted":
@@ -138,7 +152,7 @@ def offline_tables(seeds) -> tuple[list[Table], dict, list]:
                   rows)
     attack_rows = []
     clean = {r["seed"]: r["f1"] for r in raw if r["partition"] == "Dirichlet α=0.5"}
-    for attack in ("boosted", "label-flip", "crafted"):
+    for attack in ("boosted", "label-flip", "crafted-ellipsoid", "crafted-box"):
         for fraction in (0.2, 0.3):
             runs = [run_offline(prepare(seed, 50, "dirichlet", 0.5), attack, fraction) for seed in seeds]
             for seed, r in zip(seeds, runs):
@@ -156,9 +170,11 @@ def offline_tables(seeds) -> tuple[list[Table], dict, list]:
                     ["attack", "attackers", "malicious handoffs rejected", "honest handoffs rejected", "F1",
                      "worst F1 change vs clean (points)"], attack_rows,
                     note="boosted = flipped labels, own gradient/Hessian sums x10 (w and count kept consistent); "
-                         "label-flip = flipped labels only; crafted = honest in pass 0, then gradient sums at the "
-                         "edge of the rows bound G^T (Z^T Z)^+ G <= n pushing every weight toward and past 0, with "
-                         "no Hessian (the strongest attack on the check we know).")
+                         "label-flip = flipped labels only; crafted-ellipsoid = honest in pass 0, then gradient sums "
+                         "at the edge of G^T (Z^T Z)^+ G <= n pushing every weight toward and past 0, no Hessian (the "
+                         "attack the label-sums box now stops); crafted-box = flipped labels from pass 0, then every "
+                         "row claimed confidently wrong (residual 1 toward its flipped label, no Hessian): the "
+                         "strongest sums the check lets through that we know.")
     first = raw[0]
     headline["handoff_bytes"] = first["handoff_bytes"]
     headline["weights_bytes"] = first["weights_bytes"]

@@ -345,7 +345,7 @@ def check_handoff(cfg: NewtonConfig, parent: Mapping[str, np.ndarray], child: Ma
             return f"pass 0 (w = 0): the Hessian bias sum must be n/4 = {n / 4:.6g} exactly, got {hb:.6g}"
         if np.any(np.abs(dG) > 2 * bias_row + tol):
             return "pass 0 (w = 0): a gradient sum exceeds twice its Hessian bias entry (|p - y| = 1/2, p (1 - p) = 1/4)"
-        problem = RowsReference(n, 4.0 * vals, vecs).explains(dG, n / 4, tol)
+        problem = RowsReference(n, 4.0 * vals, vecs).explains(dG, n / 4, tol)   # |1/2 - y|^2 sums to n/4
         if problem:
             return f"pass 0 (w = 0): {problem}"
     else:
@@ -359,7 +359,8 @@ def check_handoff(cfg: NewtonConfig, parent: Mapping[str, np.ndarray], child: Ma
         if float(slack) < -tol * D:
             return (f"Hessian sums exceed what its rows can give (Z^T Z / 4 from its pass-0 sums; eigenvalue "
                     f"{float(slack):.3g}): a scaled contribution")
-        problem = reference.explains(dG, float(n), tol)
+        problem = reference.predictions_explain(dG, tol) if reference.label_sums is not None else \
+            reference.explains(dG, float(n), tol)
         if problem:
             return problem
     return None
@@ -367,21 +368,25 @@ def check_handoff(cfg: NewtonConfig, parent: Mapping[str, np.ndarray], child: Ma
 
 @dataclass(frozen=True)
 class RowsReference:
-    """What a node's pass-0 contribution fixes about its rows: their count and Gram matrix
-    ``Z^T Z`` (four times its pass-0 Hessian sums, as an eigendecomposition). Its later sums must
-    be ones these rows can give: ``G = Z^T v`` with ``|v_i| <= 1`` (so ``G`` lies in the span of its
-    rows and ``G^T (Z^T Z)^+ G <= n``), ``H <= Z^T Z / 4``."""
+    """What a node's pass-0 contribution fixes about its rows (at ``w = 0``: ``H_0 = Z^T Z / 4``,
+    ``G_0 = Z^T (1/2 - y)``): their count, Gram matrix ``Z^T Z`` (as an eigendecomposition), column
+    sums ``S = Z^T 1`` and label sums ``Z^T y = S / 2 - G_0``. A later gradient of the same rows is
+    ``G = Z^T p - Z^T y`` for predictions ``p`` in [0, 1], so ``m = G + Z^T y = Z^T p`` must lie in
+    the box ``0 <= m <= S`` (every ``z >= 0``) and ``(m - S/2)^T (Z^T Z)^+ (m - S/2) <= n / 4``:
+    each row's residual points to *its pass-0 label*, whatever the node claims later."""
 
     samples: int
     gram_values: np.ndarray        # [D] ascending
     gram_vectors: np.ndarray       # [D, D] columns
+    column_sums: np.ndarray | None = None   # [D] Z^T 1
+    label_sums: np.ndarray | None = None    # [D] Z^T y
 
     def quarter_gram(self) -> np.ndarray:
         return (self.gram_vectors * (self.gram_values / 4.0)) @ self.gram_vectors.T
 
     def explains(self, dG: np.ndarray, limit: float, tol: float) -> str | None:
-        """Why ``dG`` is not ``Z^T v`` for some ``|v_i| <= sqrt(limit / n)`` (a necessary condition:
-        ``dG^T (Z^T Z)^+ dG <= |v|^2 <= limit``)."""
+        """Why ``dG`` is not ``Z^T v`` for some ``|v|^2 <= limit`` (a necessary condition:
+        ``dG^T (Z^T Z)^+ dG <= limit``)."""
         vals = np.asarray(self.gram_values)
         # directions the rows (numerically) do not span count with a floored eigenvalue: an honest
         # gradient has only rounding there, a crafted one pushing there is charged heavily
@@ -389,9 +394,21 @@ class RowsReference:
         coords = self.gram_vectors.T @ dG
         energy = float(np.sum(coords ** 2 / np.maximum(vals, floor)))
         if energy > limit * (1 + 1e-6) + tol:
-            return (f"gradient sums need residuals beyond |p - y| <= 1 on its {self.samples} rows "
+            return (f"gradient sums need residuals beyond what its {self.samples} rows can have "
                     f"(G^T (Z^T Z)^+ G = {energy:.4g} > {limit:.4g}): a scaled or fabricated contribution")
         return None
+
+    def predictions_explain(self, dG: np.ndarray, tol: float) -> str | None:
+        """Why ``dG`` is not ``Z^T (p - y)`` for predictions ``p`` in [0, 1] on these rows with
+        their pass-0 labels ``y`` (None: it can be)."""
+        m = dG + self.label_sums                          # = Z^T p
+        S = self.column_sums
+        worst = float(np.max(np.maximum(-m, m - S)))
+        if worst > tol:
+            j = int(np.argmax(np.maximum(-m, m - S)))
+            return (f"gradient sums no predictions on its rows can give with the labels its pass-0 sums fixed "
+                    f"(weight {j}: Z^T p = {m[j]:.6g} outside [0, {S[j]:.6g}]): residuals against its own labels")
+        return self.explains(m - S / 2.0, self.samples / 4.0, tol)
 
 
 def rows_reference(cfg: NewtonConfig, parent: Mapping[str, np.ndarray], child: Mapping[str, np.ndarray],
@@ -400,5 +417,7 @@ def rows_reference(cfg: NewtonConfig, parent: Mapping[str, np.ndarray], child: M
     p, c = _plain(cfg, parent), _plain(cfg, child)
     if int(c["pass"][0]) != 0 or int(p["pass"][0]) != 0:
         raise LearningError("a rows reference comes from a pass-0 handoff")
-    vals, vecs = np.linalg.eigh(unpack(cfg, c["H"] - p["H"]))
-    return RowsReference(int(samples), 4.0 * vals, vecs)
+    dH = unpack(cfg, c["H"] - p["H"])
+    vals, vecs = np.linalg.eigh(dH)
+    column_sums = 4.0 * dH[:, -1]                         # Z^T 1 (the bias column is all ones)
+    return RowsReference(int(samples), 4.0 * vals, vecs, column_sums, column_sums / 2.0 - (c["G"] - p["G"]))

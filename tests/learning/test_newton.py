@@ -93,7 +93,8 @@ def test_honest_handoffs_pass_and_bad_ones_are_named():
     assert "scaled contribution" in N.check_handoff(cfg, s, boosted, len(y_k), 3, ref0)
     # flipped labels scaled x10: the gradient sum outgrows the rows claimed
     flipped = N.contribute(cfg, s, X_k, 1 - y_k, 3)
-    assert N.check_handoff(cfg, s, flipped, len(y_k), 3, ref0) is None    # a flipper's sums are rows' sums
+    # labels changed after pass 0: residuals against the labels its pass-0 sums fixed
+    assert "its own labels" in N.check_handoff(cfg, s, flipped, len(y_k), 3, ref0)
     assert "exceeds" in N.check_handoff(cfg, s, dict(flipped, G=flipped["G"] * 10), len(y_k), 3, ref0)
     # the same sums claimed for fewer rows, or checked against another node's rows
     assert N.check_handoff(cfg, s, honest, len(y_k) // 20, 3, ref0) is not None
@@ -132,6 +133,14 @@ def test_crafted_sums_that_push_where_the_rows_have_no_curvature_are_rejected():
     dH[(i == D - 1) & (j == D - 1)] = n / 4
     crafted = dict(honest, G=n * np.sign(honest["w"] + 1e-12), H=dH)
     assert "rows" in N.check_handoff(cfg, s, crafted, n, 2, refs[0])
+    # residuals against the labels its pass-0 sums fixed: Z^T p below 0
+    ref = refs[0]
+    assert int(honest["count"][0]) == 1                                 # the first of its pass: sums = its own
+    assert "own labels" in N.check_handoff(cfg, s, dict(honest, G=-ref.label_sums - 1.0), n, 2, ref)
+    # the largest residuals toward its own labels (every row confidently wrong, no curvature) pass:
+    # a node's rows may be that badly fitted
+    worst = dict(honest, G=ref.column_sums - 2 * ref.label_sums, H=np.zeros_like(honest["H"]))
+    assert N.check_handoff(cfg, s, worst, n, 2, ref) is None
     # and at pass 0 (w = 0) the sums must be exactly a quarter Gram matrix and half residuals
     init = N.init_state(cfg)
     first = N.contribute(cfg, init, X_k, y_k, 0)

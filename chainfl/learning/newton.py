@@ -36,13 +36,16 @@ handoff):
   or not, so a receiver that wrongly rejects it cannot shut it out) fixes the node's rows
   (:class:`RowsReference`), and every later contribution of that node must be one *those
   rows* can give: the same ``n``, ``dH <= Z^T Z / 4`` (Loewner order, as ``p (1 - p) <= 1/4``),
-  ``dG`` in the span of its rows with ``dG^T (Z^T Z)^+ dG <= n`` (``|p - y| <= 1``). A node
-  without a valid pass-0 handoff cannot contribute later.
+  and — since the pass-0 sums also fix ``Z^T 1`` and ``Z^T y`` — ``dG = Z^T p - Z^T y`` for
+  some predictions ``p`` in [0, 1]: ``0 <= dG + Z^T y <= Z^T 1`` and ``(dG + Z^T y - Z^T 1 / 2)^T
+  (Z^T Z)^+ (...) <= n / 4``. Every row's residual thus points to the label it had in pass 0. A
+  node without a valid pass-0 handoff cannot contribute later.
 
 Every bound has a rounding allowance. A scaled ("boosted") contribution breaks them, and so do
-sums crafted to push the step where the node's rows carry no curvature; what passes is what the
-node's own rows could give with *some* labels and predictions — as much as a label flipper, not
-more. (A state whose Newton step does not exist stands for its own ``w``, so a colluding receiver
+sums crafted to push the step where the node's rows carry no curvature and labels changed after
+pass 0. What passes is what the node's rows could give with its pass-0 labels and *some*
+predictions — which still lets a label flipper (flipped from pass 0) claim that every row is
+confidently wrong, with no curvature (measured in benchmarks/results/chained_newton.md). (A state whose Newton step does not exist stands for its own ``w``, so a colluding receiver
 that accepts one cannot stall the chain.)
 
 **Privacy cost.** A node's ``G`` and ``H`` are aggregates of its rows, but consecutive states

@@ -39,42 +39,28 @@ def _config(sp, max_bins=16, l2=1.0):
     return newton_config([FeatureStats.compute(X, names, with_grid=True) for X, _ in sp.parts], max_bins, l2)
 
 
-def _pooled(cfg, X, y, steps):
-    from chainfl.learning import newton as N
-
-    Z = N.design(cfg, X)
-    reg = np.full(cfg.width, cfg.l2)
-    reg[-1] = 0
-    w = np.zeros(cfg.width)
-    for _ in range(steps):
-        p = 1 / (1 + np.exp(-(Z @ w)))
-        w = w - np.linalg.solve(Z.T @ (Z * (p * (1 - p))[:, None]) + np.diag(reg), Z.T @ (p - y) + reg * w)
-    return w
-
-
 def _crafted(new, parent, ref, n):
     """Honest at pass 0 (to get its rows reference), then gradient sums at the edge of
     ``G^T (Z^T Z)^+ G <= n`` pushing every weight toward and past 0, and no curvature (the label
     sums of the rows reference reject most of these)."""
-    first = int(new["count"][0]) == 1
-    base_G = np.zeros_like(new["G"]) if first else np.asarray(parent["G"])
-    base_H = np.zeros_like(new["H"]) if first else np.asarray(parent["H"])
-    gram = (ref.gram_vectors * ref.gram_values) @ ref.gram_vectors.T
-    d = gram @ np.sign(new["w"])
+    from chainfl.learning import newton as N
+
+    base = N.pass_base(parent, new)
+    d = (4.0 * ref.quarter_gram) @ np.sign(new["w"])
     floor = 1e-9 * max(float(ref.gram_values[-1]), 1.0)
     coords = ref.gram_vectors.T @ d
     energy = float(np.sum(coords ** 2 / np.maximum(ref.gram_values, floor)))
-    return dict(new, G=base_G + d * np.sqrt(n / energy) * 0.999, H=base_H.copy())
+    return dict(new, G=base["G"] + d * np.sqrt(n / energy) * 0.999, H=base["H"].copy())
 
 
 def _confident(new, parent, ref):
     """A flipper (flipped labels from pass 0 on) that later claims every one of its rows is
     confidently wrong (``p = 1 - y`` for its flipped ``y``, no curvature): the largest residuals
     toward its labels that the rows bound lets through."""
-    first = int(new["count"][0]) == 1
-    base_G = np.zeros_like(new["G"]) if first else np.asarray(parent["G"])
-    base_H = np.zeros_like(new["H"]) if first else np.asarray(parent["H"])
-    return dict(new, G=base_G + ref.column_sums - 2.0 * ref.label_sums, H=base_H.copy())
+    from chainfl.learning import newton as N
+
+    base = N.pass_base(parent, new)
+    return dict(new, G=base["G"] + ref.column_sums - 2.0 * ref.label_sums, H=base["H"].copy())
 
 
 def run_offline(sp, attack: str = "none", fraction: float = 0.0) -> dict:
@@ -104,7 +90,7 @@ def run_offline(sp, attack: str = "none", fraction: float = 0.0) -> dict:
             elif k in bad:
                 new = N.contribute(cfg, s, X, 1 - y, r)
                 if attack == "boosted":
-                    base = {key: (np.zeros_like(new[key]) if int(new["count"][0]) == 1 else s[key]) for key in ("G", "H")}
+                    base = N.pass_base(s, new)
                     new = dict(new, **{key: base[key] + 10.0 * (new[key] - base[key]) for key in ("G", "H")})
             else:
                 new = N.contribute(cfg, s, X, y, r)
@@ -122,7 +108,7 @@ def run_offline(sp, attack: str = "none", fraction: float = 0.0) -> dict:
     out = {"curve": curve, "f1": curve[-1]["f1"], "pr_auc": curve[-1]["pr_auc"], "seconds": seconds, **counts,
            "width": cfg.width}
     if attack == "none":
-        pooled = _pooled(cfg, sp.X_train, sp.y_train.astype(np.float64), PASSES)
+        pooled = N.pooled_newton(cfg, sp.X_train, sp.y_train, PASSES)
         out["max_dev_from_pooled"] = float(np.max(np.abs(N.weights(cfg, s) - pooled)))
         from chainfl.storage.codec import encode_model
 

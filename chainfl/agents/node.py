@@ -332,24 +332,22 @@ class NodeAgent:
         from chainfl.learning import newton
 
         key = producer.lower()
-        if key in self._references:
-            return self._references[key]
-        cfg = modelio.fitting(self.spec)
-        n = len(self.spec.nodes)
-        for h in self.follower.history.handoffs:
-            if str(h["node"]).lower() != key or newton.pass_of(int(h["seq"]), n) != 0:
-                continue
-            try:
-                parent, child = self._load(h["parent"]), self._load(h["digest"])
-            except (IntegrityError, CodecError, BlobNotFoundError) as e:
-                log.info("%s: %s's pass-0 handoff %s is not usable (%s)", self, producer, h["seq"], e)
-                continue
-            # the first pass-0 handoff that passes the pass-0 check, accepted or not: a receiver
-            # that wrongly rejected it cannot shut its producer out of the later passes
-            if newton.check_handoff(cfg, parent, child, int(h["samples"]), 0) is None:
-                self._references[key] = newton.rows_reference(cfg, parent, child, int(h["samples"]))
-                return self._references[key]
-        return None
+        if key not in self._references:
+            n = len(self.spec.nodes)
+            mine = [(h["parent"], h["digest"], h["samples"]) for h in self.follower.history.handoffs
+                    if str(h["node"]).lower() == key and newton.pass_of(int(h["seq"]), n) == 0]
+            ref = newton.first_reference(modelio.fitting(self.spec), mine, self._load_or_none)
+            if ref is None:
+                return None                   # not cached: a later poll may see its blob
+            self._references[key] = ref
+        return self._references[key]
+
+    def _load_or_none(self, digest: bytes):
+        try:
+            return self._load(digest)
+        except (IntegrityError, CodecError, BlobNotFoundError, AgentError) as e:
+            log.info("%s: model 0x%s is not usable (%s)", self, bytes(digest).hex()[:12], e)
+            return None
 
     def _handoff_problem(self, handoff: dict, meta: dict) -> str | None:
         """Why the handoff's blob is not what its producer claims (None if it is)."""
@@ -535,7 +533,7 @@ class NodeAgent:
         cfg = modelio.fitting(self.spec)
         out = newton.contribute(cfg, state, X, y, step)              # chained: step = the pass index
         if self.attack is not None and self.attack.poisons_model:   # scale its own sums, keep the rest consistent
-            base = {k: (np.zeros_like(out[k]) if int(out["count"][0]) == 1 else np.asarray(state[k])) for k in ("G", "H")}
+            base = newton.pass_base(state, out)
             for k in ("G", "H"):
                 out[k] = base[k] + poison_update(self.attack, out[k] - base[k], np.zeros_like(out[k]),
                                                  1000 * step + self.index).astype(np.float64)

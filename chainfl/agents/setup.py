@@ -143,7 +143,7 @@ def gbdt_config(n_features: int, node_rows=(), rounds: int | None = None, **sett
 
 
 #: The chained newton model: bins per feature, and passes when --rounds is not given (measured in
-#: benchmarks/results/chained_newton.md: F1 0.916 +- 0.004 after 5 passes on eth_fraud, any partition).
+#: benchmarks/results/chained_newton.md: F1 0.916 +- 0.005 after 5 passes on eth_fraud, any partition).
 NEWTON_BINS = 16
 NEWTON_PASSES = 5
 

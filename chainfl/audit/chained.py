@@ -194,22 +194,18 @@ def _rows_reference(a, node: str, cids: dict[bytes, str]):
     from chainfl.agents.modelio import fitting
     from chainfl.learning import newton
 
-    cache = a.__dict__.setdefault("_newton_references", {})
+    cache = a.newton_references
     key = node.lower()
     if key not in cache:
-        cache[key] = None
-        cfg = fitting(a.spec)
-        for h in a.h.handoffs:
-            if h.node.lower() != key or newton.pass_of(h.seq, len(a.spec.nodes)) != 0:
-                continue
+        def load(digest):
             try:
-                child, _ = a.cache.model(h.digest, h.cid, a.expected)
-                parent, _ = a.cache.model(h.parent, cids.get(h.parent, ""), a.expected)
-                if newton.check_handoff(cfg, parent, child, h.samples, 0) is None:
-                    cache[key] = newton.rows_reference(cfg, parent, child, h.samples)
-                    break
-            except (BlobProblem, ChainflError):
-                continue
+                return a.cache.model(digest, cids.get(digest, ""), a.expected)[0]
+            except BlobProblem:
+                return None
+
+        mine = [(h.parent, h.digest, h.samples) for h in a.h.handoffs
+                if h.node.lower() == key and newton.pass_of(h.seq, len(a.spec.nodes)) == 0]
+        cache[key] = newton.first_reference(fitting(a.spec), mine, load)
     return cache[key]
 
 

@@ -181,6 +181,7 @@ class Auditor:
         self.replayed: dict = {}
         self.final: dict | None = None
         self.spec_unseen = False          # the store does not hold the task's spec
+        self.newton_references: dict = {}  # newton tasks: producer -> its RowsReference (or None)
 
     # -- recording ------------------------------------------------------------------------
     def violate(self, kind: str, message: str, *, round=None, seq=None, node=None, cid=None) -> None:

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Mapping
 
 import numpy as np
@@ -154,8 +155,12 @@ def design(cfg: NewtonConfig, X: np.ndarray) -> np.ndarray:
     return np.concatenate([Z, np.ones((Z.shape[0], 1))], axis=1)
 
 
+@lru_cache(maxsize=8)
 def _triu(D: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.triu_indices(D)
+    """Row and column indices of the packed upper triangle (cached: every check and sum uses them)."""
+    i, j = np.triu_indices(D)
+    i.flags.writeable = j.flags.writeable = False
+    return i, j
 
 
 def unpack(cfg: NewtonConfig, packed: np.ndarray) -> np.ndarray:
@@ -232,6 +237,14 @@ def contribute(cfg: NewtonConfig, state: Mapping[str, np.ndarray], X: np.ndarray
     return s
 
 
+def pass_base(parent: Mapping[str, np.ndarray], child: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The sums ``G``, ``H`` that ``child``'s own contribution was added to: zeros when it is the
+    first of its pass (``count == 1``), else ``parent``'s. ``child - base`` is the node's share."""
+    first = int(np.asarray(child["count"])[0]) == 1
+    return {k: np.zeros_like(np.asarray(child[k])) if first else np.asarray(parent[k], dtype=np.float64)
+            for k in ("G", "H")}
+
+
 def sums(cfg: NewtonConfig, w: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One node's ``(Z^T (p - y), packed Z^T diag(p (1 - p)) Z)`` at ``w``."""
     y = np.asarray(y, dtype=np.float64).ravel()
@@ -288,7 +301,7 @@ def check_handoff(cfg: NewtonConfig, parent: Mapping[str, np.ndarray], child: Ma
                   samples: int, pass_index: int, reference: "RowsReference | None" = None) -> str | None:
     """Why ``child`` is not a state one node with ``samples`` rows can make from ``parent`` in
     pass ``pass_index`` (None: it is). Beyond pass 0 the producer's :class:`RowsReference` (from
-    its accepted pass-0 handoff, :func:`rows_reference`) is required. See the module docstring."""
+    its first valid pass-0 handoff, :func:`rows_reference`) is required. See the module docstring."""
     p, c = _plain(cfg, parent), _plain(cfg, child)
     n = int(samples)
     if n < 1:
@@ -336,7 +349,10 @@ def check_handoff(cfg: NewtonConfig, parent: Mapping[str, np.ndarray], child: Ma
     if float(np.max(off)) > tol:
         return "Hessian breaks Cauchy-Schwarz (|H_jk| <= sqrt(H_jj H_kk)): not a sum of p (1 - p) z z^T"
     try:
-        vals, vecs = np.linalg.eigh(unpack(cfg, dH))
+        if int(pass_index) == 0:
+            vals, vecs = np.linalg.eigh(unpack(cfg, dH))
+        else:
+            vals = np.linalg.eigvalsh(unpack(cfg, dH))
     except np.linalg.LinAlgError as e:
         return f"the Hessian sums cannot be decomposed ({e})"
     if float(vals[0]) < -tol * D:
@@ -348,7 +364,7 @@ def check_handoff(cfg: NewtonConfig, parent: Mapping[str, np.ndarray], child: Ma
             return f"pass 0 (w = 0): the Hessian bias sum must be n/4 = {n / 4:.6g} exactly, got {hb:.6g}"
         if np.any(np.abs(dG) > 2 * bias_row + tol):
             return "pass 0 (w = 0): a gradient sum exceeds twice its Hessian bias entry (|p - y| = 1/2, p (1 - p) = 1/4)"
-        problem = RowsReference(n, 4.0 * vals, vecs).explains(dG, n / 4, tol)   # |1/2 - y|^2 sums to n/4
+        problem = _residuals_fit(4.0 * vals, vecs, dG, n / 4, n, tol)    # |1/2 - y|^2 sums to n/4
         if problem:
             return f"pass 0 (w = 0): {problem}"
     else:
@@ -357,70 +373,103 @@ def check_handoff(cfg: NewtonConfig, parent: Mapping[str, np.ndarray], child: Ma
                     "pass-0 sums fix its rows' Gram matrix; without them its later sums are unbounded)")
         if n != reference.samples:
             return f"claims {n} rows, but its pass-0 contribution covered {reference.samples}: a node's rows are fixed"
-        # p (1 - p) <= 1/4: H <= Z^T Z / 4 (Loewner order), and G = Z^T v with |v_i| <= 1
-        slack = np.linalg.eigvalsh(reference.quarter_gram() - unpack(cfg, dH))[0]
+        # p (1 - p) <= 1/4: H <= Z^T Z / 4 (Loewner order)
+        try:
+            slack = np.linalg.eigvalsh(reference.quarter_gram - unpack(cfg, dH))[0]
+        except np.linalg.LinAlgError as e:
+            return f"the Hessian sums cannot be compared with its rows' ({e})"
         if float(slack) < -tol * D:
             return (f"Hessian sums exceed what its rows can give (Z^T Z / 4 from its pass-0 sums; eigenvalue "
                     f"{float(slack):.3g}): a scaled contribution")
-        problem = reference.predictions_explain(dG, tol) if reference.label_sums is not None else \
-            reference.explains(dG, float(n), tol)
+        problem = reference.predictions_explain(dG, tol)
         if problem:
             return problem
+    return None
+
+
+def _residuals_fit(gram_values: np.ndarray, gram_vectors: np.ndarray, dG: np.ndarray, limit: float,
+                   rows: int, tol: float) -> str | None:
+    """Why ``dG`` is not ``Z^T v`` for some ``|v|^2 <= limit`` (a necessary condition:
+    ``dG^T (Z^T Z)^+ dG <= limit``), given ``Z^T Z``'s eigendecomposition (None: it can be)."""
+    # directions the rows (numerically) do not span count with a floored eigenvalue: an honest
+    # gradient has only rounding there, a crafted one pushing there is charged heavily
+    floor = 1e-9 * max(float(gram_values[-1]), 1.0)
+    coords = gram_vectors.T @ dG
+    energy = float(np.sum(coords ** 2 / np.maximum(gram_values, floor)))
+    if energy > limit * (1 + 1e-6) + tol:
+        return (f"gradient sums need residuals beyond what its {rows} rows can have "
+                f"(G^T (Z^T Z)^+ G = {energy:.4g} > {limit:.4g}): a scaled or fabricated contribution")
     return None
 
 
 @dataclass(frozen=True)
 class RowsReference:
     """What a node's pass-0 contribution fixes about its rows (at ``w = 0``: ``H_0 = Z^T Z / 4``,
-    ``G_0 = Z^T (1/2 - y)``): their count, Gram matrix ``Z^T Z`` (as an eigendecomposition), column
-    sums ``S = Z^T 1`` and label sums ``Z^T y = S / 2 - G_0``. A later gradient of the same rows is
-    ``G = Z^T p - Z^T y`` for predictions ``p`` in [0, 1], so ``m = G + Z^T y = Z^T p`` must lie in
-    the box ``0 <= m <= S`` (every ``z >= 0``) and ``(m - S/2)^T (Z^T Z)^+ (m - S/2) <= n / 4``:
-    each row's residual points to *its pass-0 label*, whatever the node claims later."""
+    ``G_0 = Z^T (1/2 - y)``): their count, ``Z^T Z / 4`` (and the eigendecomposition of ``Z^T Z``),
+    column sums ``S = Z^T 1`` and label sums ``Z^T y = S / 2 - G_0``. A later gradient of the same
+    rows is ``G = Z^T p - Z^T y`` for predictions ``p`` in [0, 1], so ``m = G + Z^T y = Z^T p``
+    must lie in the box ``0 <= m <= S`` (every ``z >= 0``) and ``(m - S/2)^T (Z^T Z)^+ (m - S/2)
+    <= n / 4``: each row's residual points to *its pass-0 label*, whatever the node claims later."""
 
     samples: int
-    gram_values: np.ndarray        # [D] ascending
-    gram_vectors: np.ndarray       # [D, D] columns
-    column_sums: np.ndarray | None = None   # [D] Z^T 1
-    label_sums: np.ndarray | None = None    # [D] Z^T y
-
-    def quarter_gram(self) -> np.ndarray:
-        return (self.gram_vectors * (self.gram_values / 4.0)) @ self.gram_vectors.T
-
-    def explains(self, dG: np.ndarray, limit: float, tol: float) -> str | None:
-        """Why ``dG`` is not ``Z^T v`` for some ``|v|^2 <= limit`` (a necessary condition:
-        ``dG^T (Z^T Z)^+ dG <= limit``)."""
-        vals = np.asarray(self.gram_values)
-        # directions the rows (numerically) do not span count with a floored eigenvalue: an honest
-        # gradient has only rounding there, a crafted one pushing there is charged heavily
-        floor = 1e-9 * max(float(vals[-1]), 1.0)
-        coords = self.gram_vectors.T @ dG
-        energy = float(np.sum(coords ** 2 / np.maximum(vals, floor)))
-        if energy > limit * (1 + 1e-6) + tol:
-            return (f"gradient sums need residuals beyond what its {self.samples} rows can have "
-                    f"(G^T (Z^T Z)^+ G = {energy:.4g} > {limit:.4g}): a scaled or fabricated contribution")
-        return None
+    quarter_gram: np.ndarray       # [D, D] Z^T Z / 4 (its pass-0 Hessian sums)
+    gram_values: np.ndarray        # [D] eigenvalues of Z^T Z, ascending
+    gram_vectors: np.ndarray       # [D, D] their eigenvectors (columns)
+    column_sums: np.ndarray        # [D] Z^T 1
+    label_sums: np.ndarray         # [D] Z^T y
 
     def predictions_explain(self, dG: np.ndarray, tol: float) -> str | None:
         """Why ``dG`` is not ``Z^T (p - y)`` for predictions ``p`` in [0, 1] on these rows with
         their pass-0 labels ``y`` (None: it can be)."""
         m = dG + self.label_sums                          # = Z^T p
         S = self.column_sums
-        worst = float(np.max(np.maximum(-m, m - S)))
-        if worst > tol:
-            j = int(np.argmax(np.maximum(-m, m - S)))
+        outside = np.maximum(-m, m - S)
+        if float(np.max(outside)) > tol:
+            j = int(np.argmax(outside))
             return (f"gradient sums no predictions on its rows can give with the labels its pass-0 sums fixed "
                     f"(weight {j}: Z^T p = {m[j]:.6g} outside [0, {S[j]:.6g}]): residuals against its own labels")
-        return self.explains(m - S / 2.0, self.samples / 4.0, tol)
+        return _residuals_fit(self.gram_values, self.gram_vectors, m - S / 2.0, self.samples / 4.0, self.samples, tol)
 
 
 def rows_reference(cfg: NewtonConfig, parent: Mapping[str, np.ndarray], child: Mapping[str, np.ndarray],
                    samples: int) -> RowsReference:
-    """The :class:`RowsReference` of a node from its accepted pass-0 handoff ``parent -> child``."""
+    """The :class:`RowsReference` of a node from its pass-0 handoff ``parent -> child`` (the first
+    one that passes :func:`check_handoff`, accepted or not)."""
     p, c = _plain(cfg, parent), _plain(cfg, child)
     if int(c["pass"][0]) != 0 or int(p["pass"][0]) != 0:
         raise LearningError("a rows reference comes from a pass-0 handoff")
     dH = unpack(cfg, c["H"] - p["H"])
     vals, vecs = np.linalg.eigh(dH)
     column_sums = 4.0 * dH[:, -1]                         # Z^T 1 (the bias column is all ones)
-    return RowsReference(int(samples), 4.0 * vals, vecs, column_sums, column_sums / 2.0 - (c["G"] - p["G"]))
+    return RowsReference(int(samples), dH, 4.0 * vals, vecs, column_sums, column_sums / 2.0 - (c["G"] - p["G"]))
+
+
+def first_reference(cfg: NewtonConfig, pass0_handoffs, load) -> RowsReference | None:
+    """A producer's :class:`RowsReference`: from the first of its pass-0 handoffs ``(parent,
+    digest, samples)`` (in sequence order) that passes the pass-0 check, accepted or not — so a
+    receiver that wrongly rejected it cannot shut its producer out of the later passes. ``load(d)``
+    returns a state or None (blob not usable). The receivers and the audit share this rule."""
+    for parent_digest, digest, samples in pass0_handoffs:
+        parent, child = load(parent_digest), load(digest)
+        if parent is None or child is None:
+            continue
+        try:
+            if check_handoff(cfg, parent, child, int(samples), 0) is None:
+                return rows_reference(cfg, parent, child, int(samples))
+        except LearningError:
+            continue
+    return None
+
+
+def pooled_newton(cfg: NewtonConfig, X: np.ndarray, y: np.ndarray, steps: int) -> np.ndarray:
+    """The centralised baseline: ``steps`` Newton steps from 0 on all rows at once (the same
+    objective; written independently of the chained path, which must equal it)."""
+    Z = design(cfg, X)
+    y = np.asarray(y, dtype=np.float64)
+    reg = np.full(cfg.width, cfg.l2)
+    reg[-1] = 0.0
+    w = np.zeros(cfg.width)
+    for _ in range(int(steps)):
+        p = 1.0 / (1.0 + np.exp(-(Z @ w)))
+        w = w - np.linalg.solve(Z.T @ (Z * (p * (1 - p))[:, None]) + np.diag(reg), Z.T @ (p - y) + reg * w)
+    return w

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -98,5 +99,23 @@ def world(tmp_path):
 @pytest.fixture
 def world5(tmp_path):
     w = make_world(tmp_path, 5, rows=1500)
+    yield w
+    w.chain.close()
+
+
+# the backends tests/conftest.py runs (same variables); each chain once, Anvil with the IPFS daemon
+CHAIN_BACKENDS = [b.strip() for b in os.environ.get("CHAINFL_TEST_CHAINS", "eth-tester,ganache,anvil").split(",")
+                  if b.strip()]
+STORE_BACKENDS = [b.strip() for b in os.environ.get("CHAINFL_TEST_STORES", "file,ipfs").split(",") if b.strip()]
+PAIRS = [(c, "ipfs" if c == "anvil" and "ipfs" in STORE_BACKENDS else "file") for c in CHAIN_BACKENDS]
+
+
+@pytest.fixture(params=PAIRS, ids=[f"{c}+{s}" for c, s in PAIRS])
+def backend_world(request, tmp_path):
+    """A 3-node world on each backend pair: the embedded chain, Ganache, Anvil (with the IPFS daemon)."""
+    chain, store = request.param
+    chain_url = "eth-tester://memory" if chain == "eth-tester" else request.getfixturevalue(f"{chain}_url")
+    w = make_world(tmp_path, chain_url=chain_url,
+                   store_url=request.getfixturevalue("ipfs_url") if store == "ipfs" else None)
     yield w
     w.chain.close()

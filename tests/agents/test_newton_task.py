@@ -5,8 +5,6 @@ a bad one accepted is a violation."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -20,38 +18,9 @@ from chainfl.errors import ConfigError
 from chainfl.learning import newton as N
 from chainfl.learning.evaluate import metrics_from_scores, predict_scores
 
-from conftest import make_world
-
-CHAIN_BACKENDS = [b.strip() for b in os.environ.get("CHAINFL_TEST_CHAINS", "eth-tester,ganache,anvil").split(",") if b.strip()]
-STORE_BACKENDS = [b.strip() for b in os.environ.get("CHAINFL_TEST_STORES", "file,ipfs").split(",") if b.strip()]
-PAIRS = [(c, "ipfs" if c == "anvil" and "ipfs" in STORE_BACKENDS else "file") for c in CHAIN_BACKENDS]
-
-
-@pytest.fixture(params=PAIRS, ids=[f"{c}+{s}" for c, s in PAIRS])
-def backend_world(request, tmp_path):
-    chain, store = request.param
-    chain_url = "eth-tester://memory" if chain == "eth-tester" else request.getfixturevalue(f"{chain}_url")
-    w = make_world(tmp_path, chain_url=chain_url,
-                   store_url=request.getfixturevalue("ipfs_url") if store == "ipfs" else None)
-    yield w
-    w.chain.close()
-
 
 def _spec(world, rounds=3):
     return world.spec("chained", rounds=rounds, model_kind="newton")
-
-
-def _pooled(cfg, world, steps):
-    X = np.concatenate([d.X for d in world.datas])
-    y = np.concatenate([d.y for d in world.datas]).astype(np.float64)
-    Z = N.design(cfg, X)
-    reg = np.full(cfg.width, cfg.l2)
-    reg[-1] = 0
-    w = np.zeros(cfg.width)
-    for _ in range(steps):
-        p = 1 / (1 + np.exp(-(Z @ w)))
-        w = w - np.linalg.solve(Z.T @ (Z * (p * (1 - p))[:, None]) + np.diag(reg), Z.T @ (p - y) + reg * w)
-    return w
 
 
 def test_newton_task_is_pooled_newton_and_audits(backend_world):
@@ -67,7 +36,9 @@ def test_newton_task_is_pooled_newton_and_audits(backend_world):
     release, meta = modelio.load_model(world.store, coordinator.release.cid, coordinator.release.digest, spec)
     cfg = modelio.fitting(spec)
     assert int(release["pass"][0]) == 2 and int(release["count"][0]) == 3
-    np.testing.assert_allclose(N.weights(cfg, release), _pooled(cfg, world, 3), rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(N.weights(cfg, release), N.pooled_newton(cfg, np.concatenate([d.X for d in world.datas]),
+                                                                     np.concatenate([d.y for d in world.datas]), 3),
+                               rtol=1e-8, atol=1e-8)
     X, y = world.test
     m = metrics_from_scores(predict_scores(modelio.model_config(spec), release, modelio.inputs(spec, X)), y,
                             coordinator.threshold)
@@ -169,13 +140,12 @@ class _Crafter(NodeAgent):
         out, n, loss = super()._newton(state, X, y, step)
         if step == 0:
             return out, n, loss
-        base_G = np.zeros_like(out["G"]) if int(out["count"][0]) == 1 else np.asarray(state["G"])
-        base_H = np.zeros_like(out["H"]) if int(out["count"][0]) == 1 else np.asarray(state["H"])
+        base = N.pass_base(state, out)
         D = len(out["w"])
         i, j = np.triu_indices(D)
-        dH = np.zeros_like(base_H)
+        dH = np.zeros_like(base["H"])
         dH[(i == D - 1) & (j == D - 1)] = n / 4
-        return dict(out, G=base_G + n * np.sign(out["w"] + 1e-12), H=base_H + dH), n, loss
+        return dict(out, G=base["G"] + n * np.sign(out["w"] + 1e-12), H=base["H"] + dH), n, loss
 
 
 def test_crafted_sums_are_rejected_against_the_producers_own_rows(world):

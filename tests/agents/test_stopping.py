@@ -5,7 +5,6 @@ that the audit names."""
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -16,23 +15,6 @@ from chainfl.agents.setup import DEFAULT_NETWORK_ROUNDS
 from chainfl.agents.threshold import score_histogram
 from chainfl.audit import audit_task
 from chainfl.errors import ConfigError
-
-from conftest import make_world
-
-# the backends tests/conftest.py runs (same variables); each chain once, Anvil with the IPFS daemon
-CHAIN_BACKENDS = [b.strip() for b in os.environ.get("CHAINFL_TEST_CHAINS", "eth-tester,ganache,anvil").split(",") if b.strip()]
-STORE_BACKENDS = [b.strip() for b in os.environ.get("CHAINFL_TEST_STORES", "file,ipfs").split(",") if b.strip()]
-PAIRS = [(c, "ipfs" if c == "anvil" and "ipfs" in STORE_BACKENDS else "file") for c in CHAIN_BACKENDS]
-
-
-@pytest.fixture(params=PAIRS, ids=[f"{c}+{s}" for c, s in PAIRS])
-def backend_world(request, tmp_path):
-    chain, store = request.param
-    chain_url = "eth-tester://memory" if chain == "eth-tester" else request.getfixturevalue(f"{chain}_url")
-    w = make_world(tmp_path, chain_url=chain_url,
-                   store_url=request.getfixturevalue("ipfs_url") if store == "ipfs" else None)
-    yield w
-    w.chain.close()
 
 
 def _hist(rng, quality: float, n: int = 60, frauds: int = 10) -> dict:

@@ -50,26 +50,13 @@ def _chain(cfg, parts, passes):
     return s
 
 
-def _pooled_newton(cfg, X, y, steps):
-    Z = N.design(cfg, X)
-    reg = np.full(cfg.width, cfg.l2)
-    reg[-1] = 0
-    w = np.zeros(cfg.width)
-    for _ in range(steps):
-        p = 1 / (1 + np.exp(-(Z @ w)))
-        g = Z.T @ (p - y) + reg * w
-        H = Z.T @ (Z * (p * (1 - p))[:, None]) + np.diag(reg)
-        w = w - np.linalg.solve(H, g)
-    return w
-
-
 def test_each_pass_is_a_pooled_newton_step_whatever_the_partition():
     X, y = _data()
     order = np.argsort(y, kind="stable")                       # label-skewed: nodes see one class
     skewed = [(X[i], y[i]) for i in np.array_split(order, 4)]
     iid = [(X[i], y[i]) for i in np.array_split(np.arange(len(y)), 4)]
     cfg = _cfg(iid)
-    pooled = _pooled_newton(cfg, X, y, 3)
+    pooled = N.pooled_newton(cfg, X, y, 3)
     for parts in (skewed, iid):
         w = N.weights(cfg, _chain(cfg, parts, 3))
         np.testing.assert_allclose(w, pooled, rtol=1e-8, atol=1e-8)

@@ -42,6 +42,8 @@ import numpy as np
 
 from chainfl.agents import modelio
 from chainfl.agents.follower import EventFollower
+from chainfl.agents.peerreports import evidence_blob as peer_evidence_blob, peer_inputs, peer_settings, \
+    verified_peer_reports
 from chainfl.agents.reports import evidence_blob, histograms_for, threshold_reports, verified_reports
 from chainfl.agents.retry import Backoff
 from chainfl.agents.setup import fast_calls
@@ -329,10 +331,20 @@ class Coordinator:
                                  f"not read (server momentum needs its global model); attach from an "
                                  f"earlier block (e.g. 0)")
             previous = flatten(self._load(opened["globalModel"]))
+        peer, evidence = None, None
+        if peer_settings(spec) is not None:
+            reports = self._peer_reports(task, candidates)
+            if reports is None:
+                return "waiting"
+            peer = (peer_settings(spec)[0], peer_inputs(reports))
+            evidence = modelio.put_blob(self.store, peer_evidence_blob(self.task_id, r, "0x" + bytes(task.head).hex(),
+                                                                       spec.peer, reports))
         outcome = decide_round(candidates, strategy, task_id=self.task_id, round_=r,
                                reference=None if boosting else flatten(global_state), previous=previous,
-                               committed=spec.node_samples, boosting=boosting)
-        decision = RoundDecision(included=outcome.included, excluded=outcome.excluded, flagged=outcome.flagged)
+                               committed=spec.node_samples, boosting=boosting, peer=peer)
+        decision = RoundDecision(included=outcome.included, excluded=outcome.excluded, flagged=outcome.flagged,
+                                 evidence_digest=evidence.digest if evidence else None,
+                                 evidence_cid=evidence.cid if evidence else None)
         try:
             if outcome.abandoned:
                 self.registry.abandon_round(self.task_id, r, decision, outcome.abandon_reason, self.account)
@@ -353,6 +365,8 @@ class Coordinator:
                              "excluded": outcome.excluded, "flagged": sorted(outcome.flagged),
                              "flag_reasons": dict(outcome.flagged), "abandoned": outcome.abandon_reason,
                              "mean_loss": float(np.mean(losses)) if losses else None,
+                             "peer_excluded": sorted(n for n, sc in outcome.scores.items() if str(
+                                 sc.get("peer", {}).get("reason", "")).startswith("excluded")),
                              "model": stored.hex if stored else None}
         if outcome.abandoned:
             log.warning("task %s round %s abandoned: %s (%s update(s), %s flagged)", self.task_id, r,
@@ -367,6 +381,38 @@ class Coordinator:
                  "n/a (no node reports)" if quality[0] is None else
                  f"{quality[0]:.3f} ({quality[1]} of {len(spec.nodes)} node report(s))")
         return "finalized"
+
+    def _peer_reports(self, task, candidates: list[Candidate]):
+        """The verified peer reports of the round (see :mod:`chainfl.agents.peerreports`), once
+        every node has scored every usable update but its own (a node without validation rows
+        sends an empty report) or ``peer.seconds`` of chain time have passed since the round was
+        ready to end; None while waiting for more."""
+        spec, hist = self.spec, self.follower.history
+        r, base = task.round, "0x" + bytes(task.head).hex()
+        if not any(c.vector is not None for c in candidates):
+            return []                          # nothing to score: the round is abandoned without waiting
+        got = self.reports.peer_reports(self.task_id, r) if self.reports is not None else []
+        reports = verified_peer_reports(got, spec, self.task_id, r, base)
+        usable = {"0x" + bytes(c.digest).hex(): c.node.lower() for c in candidates if c.vector is not None}
+        by_node = {x.node.lower(): x for x in reports}
+        missing = [n for n in spec.nodes
+                   if n.lower() not in by_node or (by_node[n.lower()].scores and
+                                                   any(d not in by_node[n.lower()].scores and owner != n.lower()
+                                                       for d, owner in usable.items()))]
+        if not missing:
+            return reports
+        subs, q = hist.ordered_submissions(r), spec.effective_quorum()
+        ready_at = self.follower.block_time(subs[q - 1]["_block"]) if len(subs) >= q else int(task.deadline)
+        seconds = peer_settings(spec)[1]
+        if self._now() - ready_at <= seconds:
+            if (r, "peer") not in self._silence_logged:
+                self._silence_logged.add((r, "peer"))
+                log.info("task %s round %s: waiting up to %s s for the peer scores of %s node(s)", self.task_id, r,
+                         seconds, len(missing))
+            return None
+        log.warning("task %s round %s: deciding with the peer reports of %s of %s node(s) (%s s passed)", self.task_id,
+                    r, len(spec.nodes) - len(missing), len(spec.nodes), seconds)
+        return reports
 
     def _quality(self, digest: bytes) -> tuple[float | None, int]:
         """F1 at the best threshold of the merged validation histograms the nodes reported for

@@ -149,6 +149,7 @@ class NodeAgent:
         self._references: dict = {}           # newton: producer -> its RowsReference
         self._reported: set[str] = set()
         self._tried: set[int] = set()         # rounds a refused attacker already tried
+        self._peer_done: dict[int, tuple] = {}  # round -> (candidate digests scored, retry after) of its report
         self.actions: list[str] = []          # what this agent did, for logs and tests
 
     def __repr__(self) -> str:   # never shows the key
@@ -417,9 +418,9 @@ class NodeAgent:
         # the follower has read from the task's creation (the spec needs TaskCreated), so it has
         # seen round r open and every submission to it: no view call needed here
         if self.address in hist.submissions.get(r, {}) or r in self._tried:
-            return "idle"
+            return self._peer_report(task, r)
         if self.chain.latest_timestamp() > task.deadline:
-            return "idle"
+            return self._peer_report(task, r)
         made = self._produce(task.head, r, "update", r, round_=r)
         if made is None:
             return "waiting"                  # (copy attack: nothing to copy yet)
@@ -440,6 +441,58 @@ class NodeAgent:
         log.info("task %s: round %s update by %s (loss %.4f, %s samples)", self.task_id, r, self.address,
                  loss, samples)
         return "submitted"
+
+    def _peer_report(self, task, r: int) -> str:
+        """Peer validation: once round ``r`` is ready to end (quorum submitted or deadline passed),
+        score every other node's update on this node's validation rows and send the signed
+        report; again when more updates arrive or a blob that had not resolved may have."""
+        from chainfl.agents.peerreports import PeerReport, peer_settings
+        from chainfl.aggregation.peer import score_candidates
+        from chainfl.learning.evaluate import predict_logodds
+
+        spec = self.spec
+        if peer_settings(spec) is None or self.reports is None or self.index < 0:
+            return "idle"
+        subs = self.follower.history.ordered_submissions(r)
+        if len(subs) < spec.effective_quorum() and self.chain.latest_timestamp() <= task.deadline:
+            return "idle"
+        others = [s for s in subs if str(s["node"]).lower() != self.address.lower()]
+        key = tuple(sorted(bytes(s["digest"]) for s in others))
+        done = self._peer_done.get(r)
+        if done is not None and done[0] == key and (done[1] is None or time.monotonic() < done[1]):
+            return "idle"
+        _, _, Xv, yv = self._scaled
+        if len(yv) == 0:                       # nothing to score on
+            self._peer_done[r] = (key, None)
+            return "idle"
+        cfg = modelio.model_config(spec)
+        global_state = self._load(task.head)
+        digests, logodds, missing = [], [], False
+        for s in others:
+            try:
+                state, _ = modelio.load_update(self.store, s["cid"], bytes(s["digest"]), spec, global_state,
+                                               self.fetch_timeout)
+            except BlobNotFoundError:
+                missing = True                 # scored once it resolves (the coordinator waits for it too)
+                continue
+            except (IntegrityError, CodecError, BlobTooLargeError):
+                continue                       # the coordinator flags it as invalid
+            digests.append("0x" + bytes(s["digest"]).hex())
+            logodds.append(predict_logodds(cfg, state, Xv))
+        if missing and not logodds:            # nothing to say yet (an empty report means "no rows to score on")
+            self._peer_done[r] = (key, time.monotonic() + 5.0)
+            return "idle"
+        rows = score_candidates(yv, predict_logodds(cfg, global_state, Xv), np.stack(logodds)) if logodds else []
+        if self.attack is not None and self.attack.kind not in PROTOCOL_ATTACKS and len(rows):
+            rows = rows.copy()
+            rows[:, [0, 2, 4]] *= -1           # evaluation: a malicious node also lies in its reports
+        scores = {d: [float(v) for v in row] for d, row in zip(digests, rows)}
+        self.reports.put_peer(PeerReport(self.task_id, r, "0x" + bytes(task.head).hex(), self.address,
+                                         scores).signed(self.account))
+        self._peer_done[r] = (key, time.monotonic() + 5.0 if missing else None)
+        log.info("task %s round %s: %s sent its peer scores of %s update(s)", self.task_id, r, self.address,
+                 len(scores))
+        return "peer-reported"
 
     def _produce(self, parent: bytes, train_step: int, kind: str, step_value: int, round_: int | None = None):
         """``(digest, cid, samples, loss)`` this node sends from the model ``parent``: its stored

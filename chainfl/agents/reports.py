@@ -79,6 +79,9 @@ class NodeReport:
 
 
 class ReportBox(Protocol):
+    """Also carries peer score reports (:mod:`chainfl.agents.peerreports`): ``put_peer`` and
+    ``peer_reports(task_id, round)``."""
+
     def put(self, report: NodeReport) -> None: ...
 
     def reports(self, task_id: int) -> list[NodeReport]: ...
@@ -91,6 +94,13 @@ class MemoryReportBox:
 
     def __init__(self):
         self._reports: dict[tuple[int, str, bytes], NodeReport] = {}
+        self._peer: dict[tuple[int, int], dict[bytes, object]] = {}
+
+    def put_peer(self, report) -> None:
+        self._peer.setdefault((report.task_id, report.round), {})[report.body()] = report
+
+    def peer_reports(self, task_id: int, round_: int) -> list:
+        return list(self._peer.get((task_id, round_), {}).values())
 
     def put(self, report: NodeReport) -> None:
         self._reports[(report.task_id, report.node.lower(), report.body())] = report
@@ -124,6 +134,35 @@ class DirectoryReportBox:
         except OSError as e:
             raise AgentError(f"cannot write the report to {folder}: {e}; pass a writable --reports "
                              f"directory") from e
+
+    def put_peer(self, report) -> None:
+        """A peer report as ``task-<id>/peer-<round>/<node>-<body hash>.json``."""
+        folder = self.directory / f"task-{report.task_id}" / f"peer-{int(report.round)}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"{report.node.lower()}-{hashlib.sha256(report.body()).hexdigest()[:16]}.json"
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(report.to_dict(), f, sort_keys=True)
+            os.replace(tmp, folder / name)
+        except OSError as e:
+            raise AgentError(f"cannot write the peer report to {folder}: {e}; pass a writable --reports "
+                             f"directory") from e
+
+    def peer_reports(self, task_id: int, round_: int) -> list:
+        from chainfl.agents.peerreports import PeerReport
+
+        folder = self.directory / f"task-{task_id}" / f"peer-{int(round_)}"
+        out = []
+        for path in sorted(folder.glob("*.json")) if folder.exists() else []:
+            try:
+                if path.stat().st_size > PEER_FILE_CAP:
+                    log.warning("ignoring peer report %s: %s bytes", path, path.stat().st_size)
+                    continue
+                out.append(PeerReport.from_dict(json.loads(path.read_text())))
+            except (OSError, ValueError, AgentError) as e:
+                log.warning("ignoring unreadable peer report %s: %s", path, e)
+        return out
 
     def reports(self, task_id: int) -> list[NodeReport]:
         seen, out = set(), []
@@ -243,6 +282,8 @@ EVIDENCE_KIND = "reports"
 #: Bytes one signed report may take (~1.2 kB per model measured: two lists of 242 counts, the
 #: signature, the addresses), with room for the few models a report names.
 REPORT_BYTES_CAP = 16 * 1024
+#: Bytes of a peer report file read at all (a report is capped by its task's size, see peerreports.report_cap).
+PEER_FILE_CAP = 2 * 2**20
 #: Models one report may name (nodes name one; chained nodes at most the head and the accepted model).
 MAX_MODELS_PER_REPORT = 4
 

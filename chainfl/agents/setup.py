@@ -177,7 +177,8 @@ def build_spec(*, mode: str, nodes, rounds: int | None, stats: list[FeatureStats
                strategy: str | Strategy = "fedavg", gate: bool = True, seed: int = 0,
                round_seconds: int = 600, quorum: int = 0, turn_seconds: int = 120, fetch_patience: int = 60,
                max_abandoned: int = 3, node_samples: dict | None = None, limits: dict | None = None,
-               gbdt: dict | None = None, stopping: dict | None = None, newton: dict | None = None) -> TaskSpec:
+               gbdt: dict | None = None, stopping: dict | None = None, newton: dict | None = None,
+               peer: dict | None = None) -> TaskSpec:
     """A :class:`TaskSpec` whose scaler is agreed from the nodes' aggregate statistics only.
 
     ``strategy`` is a name from ``STRATEGIES`` or a configured :class:`Strategy` (e.g. screening
@@ -203,6 +204,9 @@ def build_spec(*, mode: str, nodes, rounds: int | None, stats: list[FeatureStats
     ``stopping``: early-stopping settings (:class:`~chainfl.agents.stopping.StoppingRule` fields
     over its defaults); ``{}`` = off; None = on exactly when a federated network task's
     ``rounds`` is None (given rounds are run; a gbdt task runs its trees).
+
+    ``peer``: peer validation of each round's updates (federated mlp/logreg;
+    :func:`chainfl.agents.peerreports.peer_spec` settings, ``{}`` for its defaults); None = off.
 
     Features that ``detect`` cannot compute from a chain are recorded (``chain_features`` is the
     computable subset) and named in a warning.
@@ -272,13 +276,20 @@ def build_spec(*, mode: str, nodes, rounds: int | None, stats: list[FeatureStats
                     gate=ValidationGate().to_dict() if (gate and mode == "chained" and fitting is None) else {},
                     round_seconds=round_seconds, quorum=quorum, seed=seed, node_samples=dict(node_samples),
                     turn_seconds=turn_seconds, fetch_patience=fetch_patience, max_abandoned=max_abandoned,
-                    limits=dict(limits or {}), chain_features=tuple(computable), stopping=dict(stopping))
+                    limits=dict(limits or {}), chain_features=tuple(computable), stopping=dict(stopping),
+                    peer=_peer_field(peer))
     if "max_blob_bytes" not in spec.limits:
         spec = replace(spec, limits={**spec.limits, "max_blob_bytes": blob_cap(spec)})
     from chainfl.agents.reports import REPORT_ROWS
 
     spec = replace(spec, limits={**spec.limits, REPORT_ROWS: "committed"})
     return spec
+
+
+def _peer_field(peer: dict | None) -> dict:
+    from chainfl.agents.peerreports import peer_spec
+
+    return peer_spec(peer)
 
 
 def sign_stats(stats: FeatureStats, account) -> dict:

@@ -58,6 +58,8 @@ class TaskSpec:
     stopping: dict = field(default_factory=dict)  # federated early stopping on the nodes' validation
                                                 #   reports: agents.stopping.StoppingRule as a dict
                                                 #   ({} = run all rounds)
+    peer: dict = field(default_factory=dict)    # federated networks: peer validation of each round's
+                                                #   updates (agents.peerreports.peer_spec; {} = off)
     version: int = SPEC_VERSION                 # format version of this spec
 
     def __post_init__(self):
@@ -83,6 +85,15 @@ class TaskSpec:
             if self.mode != "federated":
                 raise ConfigError("early stopping (stopping) is for federated tasks; chained tasks run their passes")
             StoppingRule.from_dict(self.stopping)
+        if self.peer:
+            from chainfl.agents.peerreports import peer_spec
+
+            if self.mode != "federated" or self.model.get("kind") in ("gbdt", "newton"):
+                raise ConfigError("peer validation scores the updates of federated network tasks (mlp, logreg); "
+                                  "a gbdt task screens its histograms by label consistency instead")
+            if peer_spec(self.peer) != dict(self.peer):
+                raise ConfigError(f"the spec's peer settings {self.peer} are incomplete or malformed; build them "
+                                  f"with peer_spec()")
         lowered = {a.lower() for a in self.nodes}
         outside = [a for a in self.node_samples if a.lower() not in lowered]
         if outside:

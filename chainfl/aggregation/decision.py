@@ -17,7 +17,9 @@ decision on chain can be recomputed bit for bit. Every submitted update gets exa
                    gbdt task, labels that disagree with the global model);
   ``bounds``       (gbdt) its histograms break the bounds every honest update meets exactly
                    (:mod:`chainfl.aggregation.boosting`);
-* **excluded** without blame: not selected by the rule (Krum, Multi-Krum);
+* **excluded** without blame: not selected by the rule (Krum, Multi-Krum), or — in a task with
+  peer validation — left out because the other nodes' signed scores of it on their validation
+  rows are clearly negative (:mod:`chainfl.aggregation.peer`; the scores are in ``scores``);
 * **included** in the aggregate.
 
 When nothing is usable (no submission, everything flagged, fewer than the strategy's
@@ -25,8 +27,8 @@ When nothing is usable (no submission, everything flagged, fewer than the strate
 stays and the next round starts from it.
 
 Checks run in this order and the first that fails gives the reason: blob problems, meta binding,
-sample cap, duplicate weights (the earliest submission of the same weights keeps them), then the
-strategy on what is left. Pure: no chain, no store.
+sample cap, duplicate weights (the earliest submission of the same weights keeps them), then
+peer validation (when given), then the strategy on what is left. Pure: no chain, no store.
 """
 
 from __future__ import annotations
@@ -95,13 +97,18 @@ def _binding_problem(c: Candidate, task_id: int, round_: int) -> str | None:
 
 def decide_round(candidates: Sequence[Candidate], strategy: Strategy, *, task_id: int, round_: int,
                  reference: np.ndarray | None, previous: np.ndarray | None = None,
-                 committed: dict[str, int] | None = None, boosting=None) -> RoundOutcome:
+                 committed: dict[str, int] | None = None, boosting=None, peer=None) -> RoundOutcome:
     """The verdict on every candidate (given in chain order) and the aggregate; see the module doc.
 
     ``committed``: node address (any case) -> training rows it committed (absent = no cap).
     gbdt tasks: ``strategy`` is a :class:`~chainfl.aggregation.boosting.BoostingStrategy`,
     ``boosting=(GBDTConfig, global_state)`` and the candidates' vectors are the nodes'
     histogram updates; the outcome carries the new global ``state``.
+
+    ``peer``: ``(PeerConfig, rows)`` with ``rows`` reporter (lower case) -> candidate digest
+    (``0x`` hex, lower case) -> :data:`~chainfl.aggregation.peer.REPORT_FIELDS` row (the verified
+    reports, :func:`chainfl.agents.peerreports.peer_inputs`); a candidate a reporter did not
+    score counts as not reported by it.
     """
     caps = {k.lower(): int(v) for k, v in (committed or {}).items()}
     out = RoundOutcome()
@@ -129,6 +136,11 @@ def decide_round(candidates: Sequence[Candidate], strategy: Strategy, *, task_id
         out.abandon_reason = ("no update was submitted" if not candidates else
                               f"no usable update ({len(out.flagged)} flagged)")
         return out
+    if peer is not None:
+        usable = _peer_round(out, usable, *peer)
+        if not usable:
+            out.abandon_reason = f"no update left after peer validation ({len(out.excluded)} excluded by peers)"
+            return out
     if boosting is not None:
         return _boosting_round(out, usable, strategy, boosting)
     updates = [Update(node=c.node, digest=c.digest, state_vec=c.vector, n_samples=int(c.samples))
@@ -142,10 +154,35 @@ def decide_round(candidates: Sequence[Candidate], strategy: Strategy, *, task_id
     for node in result.flagged:
         out.flagged[node] = "screening: " + _screen_reason(result.scores.get(node, {}))
     out.included = list(result.included)
-    out.excluded = list(result.excluded)
+    out.excluded = out.excluded + list(result.excluded)
     out.vector = result.vector
-    out.scores = result.scores
+    out.scores = {**result.scores, **{n: {**result.scores.get(n, {}), **s} for n, s in out.scores.items()}}
     return out
+
+
+def _peer_round(out: RoundOutcome, usable: list[Candidate], cfg, rows) -> list[Candidate]:
+    """Peer validation: the usable candidates the peers' median scores keep; the others are
+    excluded (no blame) with their statistics in ``out.scores[node]["peer"]``."""
+    from chainfl.aggregation.peer import REPORT_FIELDS, decide
+
+    reporters = sorted(rows)
+    ids = [c.node.lower() for c in usable]
+    R = np.zeros((len(reporters), len(usable), len(REPORT_FIELDS)), dtype=np.float64)
+    for i, rep in enumerate(reporters):
+        for j, c in enumerate(usable):
+            row = rows[rep].get("0x" + bytes(c.digest).hex())
+            if row is not None:
+                R[i, j] = row
+    if not reporters:
+        for c in usable:
+            out.scores[c.node] = {"peer": {"reason": "kept: no peer reports"}}
+        return usable
+    decision = decide(R, reporters, ids, cfg)
+    excluded = set(decision.excluded)
+    for c in usable:
+        out.scores[c.node] = {"peer": decision.scores[c.node.lower()]}
+    out.excluded = out.excluded + [c.node for c in usable if c.node.lower() in excluded]
+    return [c for c in usable if c.node.lower() not in excluded]
 
 
 def _boosting_round(out: RoundOutcome, usable: list[Candidate], strategy, boosting) -> RoundOutcome:

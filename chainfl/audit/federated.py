@@ -17,6 +17,13 @@ counts. Then:
   coordinator recorded it (a warning unless its code is ``unavailable``: an update whose blob
   never resolved cannot be recomputed by anyone, which is why it is flagged).
 
+In a task with peer validation the round's decision also needs its **peer evidence** (the signed
+score reports the coordinator decided from, named in ``finalizeRound``/``abandonRound``): it
+must be there, be about this round and its global model, and hold only valid signed reports of
+the task's nodes, one per node (``peer-evidence``); the recomputation then reads exactly those.
+Omitting a report cannot be seen here (who sent what to the coordinator is off chain); forging or
+altering one can.
+
 Flags are findings against the flagged node; abandoned rounds are listed with their reason.
 """
 
@@ -215,6 +222,14 @@ def _recompute(a, r, strategy, global_state, prev_state, candidates, unseen, nee
         record["inputs"] = f"not recomputed: {why}"
         a.violate("aggregate-unverifiable", f"round {r.round} cannot be recomputed: {why}", **fw)
         return
+    peer = None
+    from chainfl.agents.peerreports import peer_settings
+
+    if peer_settings(a.spec) is not None:
+        peer = _peer_evidence(a, r)
+        if peer is None:
+            record["inputs"] = "not recomputed: the round's peer evidence is missing or invalid"
+            return
     reference = a.ordered(global_state)
     prev_vec = None if prev_state is None else flatten(a.ordered(prev_state))
     boosting = None
@@ -224,8 +239,12 @@ def _recompute(a, r, strategy, global_state, prev_state, candidates, unseen, nee
         boosting = (modelio.boosting(a.spec), dict(global_state))
     outcome = decide_round(candidates, strategy, task_id=a.h.task_id, round_=r.round,
                            reference=None if boosting else flatten(reference), previous=prev_vec,
-                           committed=a.spec.node_samples if a.spec else None, boosting=boosting)
+                           committed=a.spec.node_samples if a.spec else None, boosting=boosting, peer=peer)
     record["inputs"] = f"{len(candidates)} submission(s) in chain order"
+    if peer is not None:
+        record["peer_reports"] = len(peer[1])
+        record["peer_excluded"] = sorted(n for n, sc in outcome.scores.items()
+                                         if str(sc.get("peer", {}).get("reason", "")).startswith("excluded"))
     record.update(strategy_included=list(outcome.included), strategy_excluded=list(outcome.excluded),
                   strategy_flagged={n: reason_code(v) for n, v in outcome.flagged.items()})
     ok = True
@@ -262,3 +281,37 @@ def _recompute(a, r, strategy, global_state, prev_state, candidates, unseen, nee
                   f"{strategy.name!r} (recorded {hx(r.digest)}, recomputed {hx(got)})", **fw)
         return
     record["match"] = ok
+
+
+def _peer_evidence(a, r):
+    """``(PeerConfig, rows)`` for :func:`decide_round` from the round's peer evidence, or None
+    after a ``peer-evidence`` violation."""
+    from chainfl.agents.peerreports import (evidence_cap, parse_evidence, peer_inputs, peer_settings,
+                                            verified_peer_reports)
+    from chainfl.errors import AgentError
+
+    fw = dict(round=r.round, node=a.h.created.coordinator, cid=r.evidence_cid)
+    if r.evidence_digest is None:
+        a.violate("peer-evidence", f"round {r.round} was decided without peer evidence, but the task validates "
+                  f"updates by peer reports", **fw)
+        return None
+    try:
+        blob = a.cache.blob(r.evidence_digest, r.evidence_cid or "", max_bytes=evidence_cap(a.spec))
+        task_id, round_, base, reports = parse_evidence(blob)
+    except BlobProblem as p:
+        a.violate("peer-evidence", f"round {r.round} peer evidence: {p.message}", **fw)
+        return None
+    except AgentError as e:
+        a.violate("peer-evidence", f"round {r.round} peer evidence: {e}", **fw)
+        return None
+    if task_id != a.h.task_id or round_ != r.round or base.lower() != (hx(r.global_model) or "").lower():
+        a.violate("peer-evidence", f"round {r.round}'s peer evidence is about task {task_id} round {round_} model "
+                  f"{base}, not task {a.h.task_id} round {r.round} model {hx(r.global_model)}", **fw)
+        return None
+    valid = verified_peer_reports(reports, a.spec, task_id, round_, base)
+    if len(valid) != len(reports):
+        bad = sorted({x.node for x in reports} - {x.node for x in valid}) or ["(a second report of one node)"]
+        a.violate("peer-evidence", f"round {r.round}'s peer evidence holds reports that are not valid signed "
+                  f"reports of task nodes, one per node: {', '.join(bad)}", **fw)
+        return None
+    return peer_settings(a.spec)[0], peer_inputs(valid)

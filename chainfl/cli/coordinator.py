@@ -43,6 +43,11 @@ def _write_atomic(path: str, obj) -> None:
               help="Federated aggregation strategy (gbdt: screened-sum = screened-fedavg, sum = fedavg; "
                    "mlp/logreg: any of `chainfl run --help`).")
 @click.option("--no-gate", is_flag=True, help="Chained: no validation gate.")
+@click.option("--peer", is_flag=True,
+              help="Federated mlp/logreg: peer validation of every round's updates (nodes score each other's "
+                   "updates on their validation rows and sign the scores; needs --reports shared with the nodes).")
+@click.option("--peer-seconds", type=click.IntRange(1), default=120, show_default=True,
+              help="With --peer: chain seconds to wait for the nodes' peer reports once a round is ready to end.")
 @click.option("--epochs", type=int, default=2, show_default=True)
 @click.option("--hidden", default="32,16", show_default=True, help="Hidden layer widths of the MLP.")
 @click.option("--model", type=click.Choice(["auto", "gbdt", "newton", "mlp", "logreg"]), default="auto", show_default=True,
@@ -80,7 +85,7 @@ def _write_atomic(path: str, obj) -> None:
 @rpc_option
 @store_option
 @json_option
-def run_cmd(mode, nodes, stats_files, rounds, stop_patience, strategy, no_gate, epochs, hidden, model, seed, round_seconds,
+def run_cmd(mode, nodes, stats_files, rounds, stop_patience, strategy, no_gate, peer, peer_seconds, epochs, hidden, model, seed, round_seconds,
             quorum, turn_timeout, fetch_patience, report_timeout, reports_dir, task_id, from_block, task_file,
             force_new, quiet, registry_address, deploy, poll, timeout, account, keystore, rpc, store, as_json):
     """Create a task from the nodes' statistics and drive it: rounds/turns, decisions on every
@@ -122,7 +127,11 @@ def run_cmd(mode, nodes, stats_files, rounds, stop_patience, strategy, no_gate, 
                               model_kind=model_for(mode, strategy, node_stats) if model == "auto" else model,
                               epochs=epochs, strategy=strategy, gate=not no_gate, seed=seed,
                               round_seconds=round_seconds, quorum=quorum, turn_seconds=turn_timeout,
-                              fetch_patience=fetch_patience, stopping=stopping_settings(stop_patience))
+                              fetch_patience=fetch_patience, stopping=stopping_settings(stop_patience),
+                              peer={"seconds": peer_seconds} if peer else None)
+            if peer and not reports_dir:
+                raise click.UsageError("--peer needs --reports DIR shared with the nodes (their signed peer reports "
+                                       "travel there)")
             same = None if force_new else _open_task_like(registry, signer.address, spec, from_block)
             if same is not None:
                 task_id, from_block = same

@@ -36,6 +36,11 @@ def _table(result) -> None:
     flagged = sum(r["flags"] for r in result.per_node)
     bad_caught = sum(r["rejections_received"] + r["flags"] for r in result.per_node if r["malicious"])
     rows.append(("rejections / flags on chain", f"{rejected} / {flagged} ({bad_caught} on malicious nodes)"))
+    excluded = sum(r.get("excluded", 0) for r in result.per_node)
+    if excluded:
+        bad_excluded = sum(r.get("excluded", 0) for r in result.per_node if r["malicious"])
+        rows.append(("updates excluded (rule / peers, no blame)",
+                     f"{excluded} ({bad_excluded} of malicious nodes)"))
     refused = sum(r.get("refused", 0) for r in result.per_node)
     if refused:
         rows.append(("submissions refused on chain", f"{refused} (outsiders: not nodes of the task)"))
@@ -90,6 +95,10 @@ def _f(v) -> str:
                    "label-consistency screen) or sum (= fedavg: bounds only); mlp/logreg: fedavg, median, "
                    "trimmed-mean, krum, multi-krum, screened-fedavg, clipped-fedavg, screened-multi-krum.")
 @click.option("--no-gate", is_flag=True, help="Chained: accept every incoming model (no validation gate).")
+@click.option("--peer", is_flag=True,
+              help="Federated mlp/logreg: peer validation - every node scores every other node's update on its own "
+                   "validation rows and signs the scores; updates the peers' median scores clearly worse are left "
+                   "out (recorded as evidence on chain, re-decided by the audit).")
 @click.option("--partition", "partition_", type=click.Choice(["iid", "dirichlet", "quantity", "blocks"]),
               default="iid", show_default=True)
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Dirichlet/quantity concentration.")
@@ -137,7 +146,7 @@ def _f(v) -> str:
 @rpc_option
 @store_option
 @json_option
-def run_cmd(mode, nodes, rounds, stop_patience, strategy, no_gate, partition_, alpha, attack, malicious_fraction, data_path,
+def run_cmd(mode, nodes, rounds, stop_patience, strategy, no_gate, peer, partition_, alpha, attack, malicious_fraction, data_path,
             label, features, drop, features_file, fill, max_rows, max_bytes, test_fraction, val_fraction,
             dataset, accounts, eval_accounts, epochs, lr, model, seed, registry_address, out, quiet, rpc,
             store, as_json):
@@ -153,7 +162,7 @@ def run_cmd(mode, nodes, rounds, stop_patience, strategy, no_gate, partition_, a
         raise click.UsageError("use either --data CSV or --dataset, not both")
     source = "csv" if data_path else (dataset or "simulate")
     cfg = RunConfig(mode=mode, nodes=nodes, rounds=rounds, stop_patience=stop_patience, strategy=strategy, gate=not no_gate,
-                    partition=partition_, alpha=alpha,
+                    peer=peer, partition=partition_, alpha=alpha,
                     attack=",".join("gaussian-noise" if k.strip() == "noise" else k.strip() for k in attack.split(",")),
                     malicious_fraction=malicious_fraction, dataset=source, data=data_path, label=label,
                     features=names(features), drop=names(drop) or (), features_file=features_file, fill=fill,

@@ -45,6 +45,19 @@ def predict_scores(model_cfg: ModelConfig, state: Mapping[str, np.ndarray], X: n
     return scores
 
 
+def predict_logodds(model_cfg: ModelConfig, state: Mapping[str, np.ndarray], X: np.ndarray) -> np.ndarray:
+    """Log-odds [n] (float64) of a network (mlp/logreg) on its inputs ``X``, clipped to [-50, 50]
+    (a diverged model's non-finite outputs count as maximally wrong: NaN becomes 0)."""
+    if model_cfg.kind in ("gbdt", "newton"):
+        raise LearningError(f"log-odds of a {model_cfg.kind} model: use its own module")
+    model = build_model(model_cfg, np.shape(X)[1], 0)
+    set_state(model, state)
+    model.eval()
+    with torch.no_grad():
+        z = model(torch.from_numpy(np.asarray(X, dtype=np.float32))).double().numpy()
+    return np.clip(np.nan_to_num(z, nan=0.0), -50.0, 50.0)
+
+
 def choose_threshold(scores: np.ndarray, y: np.ndarray) -> float:
     """The threshold maximising positive-class F1 on (validation) scores; 0.5 without positives.
 

@@ -462,9 +462,11 @@ class NodeAgent:
         if done is not None and done[0] == key and (done[1] is None or time.monotonic() < done[1]):
             return "idle"
         _, _, Xv, yv = self._scaled
-        if len(yv) == 0:                       # nothing to score on
+        if len(yv) == 0:                       # no rows to score on: an empty report says so
+            self.reports.put_peer(PeerReport(self.task_id, r, "0x" + bytes(task.head).hex(), self.address,
+                                             {}).signed(self.account))
             self._peer_done[r] = (key, None)
-            return "idle"
+            return "peer-reported"
         cfg = modelio.model_config(spec)
         global_state = self._load(task.head)
         digests, logodds, missing = [], [], False

@@ -62,7 +62,7 @@ ACTIONS = st.lists(st.tuples(st.integers(0, N), st.sampled_from(["step", "step",
 @pytest.mark.slow
 @settings(max_examples=25, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(mode=st.sampled_from(["federated", "chained"]), schedule=ACTIONS)
+@given(mode=st.sampled_from(["federated", "chained", "federated-peer"]), schedule=ACTIONS)
 def test_random_crashes_and_restarts_end_with_a_finished_task_and_a_passing_audit(tmp_path_factory, mode, schedule):
     w = make_world(tmp_path_factory.mktemp("crash"), n=N, rows=300)
     try:
@@ -75,7 +75,10 @@ def test_random_crashes_and_restarts_end_with_a_finished_task_and_a_passing_audi
                 c.attach(task_id, start_block=start)
             return c
 
-        spec = w.spec(mode, rounds=2, strategy="screened-fedavg") if mode == "federated" else w.spec(mode, rounds=1)
+        if mode == "federated-peer":           # peer reports, their wait and the round's evidence
+            mode, spec = "federated", w.spec("federated", rounds=2, strategy="fedavg", peer={"seconds": 5})
+        else:
+            spec = w.spec(mode, rounds=2, strategy="screened-fedavg") if mode == "federated" else w.spec(mode, rounds=1)
         coordinator = new_coordinator()
         task_id = coordinator.create_task(spec)
 

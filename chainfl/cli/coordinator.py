@@ -33,7 +33,7 @@ def _write_atomic(path: str, obj) -> None:
               help="Per-node statistics from `chainfl node stats` (repeat --stats for each node).")
 @click.option("--rounds", type=click.IntRange(1), default=None,
               help="Chained: passes over the nodes [default: 5 for newton, 3 for mlp/logreg]; federated: rounds [default: what the model "
-                   "needs: 80 for the default gbdt; mlp/logreg up to 100, stopped early (--stop-patience)]; with gbdt, as many trees as fit.")
+                   "needs: 120 for the default gbdt; mlp/logreg up to 100, stopped early (--stop-patience)]; with gbdt, as many trees as fit.")
 @click.option("--stop-patience", type=click.IntRange(0), default=None,
               help="Federated: end the task when the median of the nodes' signed validation losses has not improved "
                    "for this many rounds (recorded on chain, re-checked by the audit); 0 = off (mlp/logreg then run "

@@ -84,7 +84,7 @@ def _f(v) -> str:
 @click.option("--nodes", type=int, default=5, show_default=True, help="Node accounts (data holders).")
 @click.option("--rounds", type=click.IntRange(1), default=None,
               help="Chained: passes over all nodes [default: 5 for newton, 3 for mlp/logreg]; federated: rounds [default: what the model "
-                   "needs: 80 for the default gbdt (76 trees); mlp/logreg up to 100, stopped early (--stop-patience)]. With gbdt, as many trees as fit.")
+                   "needs: 120 for the default gbdt (116 trees); mlp/logreg up to 100, stopped early (--stop-patience)]. With gbdt, as many trees as fit.")
 @click.option("--stop-patience", type=click.IntRange(0), default=None,
               help="Federated: end the task when the median of the nodes' signed validation losses has not improved "
                    "for this many rounds (recorded on chain, re-checked by the audit); 0 = off (mlp/logreg then run "

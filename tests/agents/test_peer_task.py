@@ -184,3 +184,19 @@ def test_peer_reports_travel_through_a_shared_directory(peer_world, tmp_path):
     box.put_peer(mine)                                  # the same report twice is one file
     (tmp_path / "reports" / "task-3" / "peer-2" / "junk.json").write_text("{not json")
     assert box.peer_reports(3, 2) == [mine] and box.peer_reports(3, 1) == [] and box.reports(3) == []
+
+
+def test_a_node_without_validation_rows_sends_an_empty_report_and_the_round_does_not_wait(peer_world):
+    import numpy as np
+
+    world = peer_world
+    d = world.datas[0]
+    world.datas[0] = replace(d, X_val=np.zeros((0, d.X.shape[1]), np.float32), y_val=np.zeros(0, np.int64))
+    coordinator = world.coordinator()
+    task_id = coordinator.create_task(_spec(world, rounds=1, seconds=10_000))   # waiting would hang the test
+    world.drive(coordinator, _agents(world, task_id, attack=False), max_steps=60)
+    ev = _rounds(world, task_id)[0]
+    _, _, _, reports = parse_evidence(world.store.get(ev["evidenceCid"]))
+    empty = [r for r in reports if r.node == world.accounts[0].address]
+    assert len(reports) == N and len(empty) == 1 and empty[0].scores == {}
+    assert audit_task(world.chain, world.registry, world.store, task_id).ok

@@ -202,7 +202,9 @@ OTHERS = [("seed_scenario", "python -m benchmarks.seed_scenario", "The seed's sc
            "Early stopping on the default gbdt job"),
           ("protocol_attacks", "python -m benchmarks.protocol_attacks", "Protocol attackers on Anvil"),
           ("csv_memory", "python -m benchmarks.csv_memory", "Memory of node stats / load_csv / data prepare"),
-          ("chained_newton", "python -m benchmarks.chained_newton", "Chained mode with the newton model")]
+          ("chained_newton", "python -m benchmarks.chained_newton", "Chained mode with the newton model"),
+          ("peer_onchain", "python -m benchmarks.peer_onchain", "Peer validation on chain (federated mlp)"),
+          ("gbdt_rounds", "python -m benchmarks.gbdt_rounds", "Trees for the default gbdt on the default job's split")]
 
 #: which tables of a results file each question copies (heading keywords; empty = first table)
 TABLE_PICKS = {

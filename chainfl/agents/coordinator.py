@@ -17,6 +17,9 @@ chain is, and every decision it records is one transaction (nothing half-done su
   coded reason: invalid, unavailable, copy, samples, screening). It then stores the aggregate and
   records the whole decision with ``finalizeRound`` in one transaction — or, when no update is
   usable, ``abandonRound`` with the reason, and the next round starts from the same model.
+  With peer validation (``spec.peer``) it first waits for every node's signed scores of the
+  round's updates, at most ``peer.seconds`` of chain time after the round became ready to end,
+  decides with them (:mod:`chainfl.agents.peerreports`) and names them as the decision's evidence.
   After ``spec.max_abandoned`` abandoned rounds in a row the task ends with what it has.
 * **chained**: if the expected node makes no progress for ``spec.turn_seconds`` of chain time,
   passes its turn to the next node of the task — never to the producer of an unaccepted head,

@@ -451,7 +451,14 @@ class NodeAgent:
         from chainfl.learning.evaluate import predict_logodds
 
         spec = self.spec
-        if peer_settings(spec) is None or self.reports is None or self.index < 0:
+        if peer_settings(spec) is None or self.index < 0:
+            return "idle"
+        if self.reports is None:
+            if r not in self._peer_done:
+                self._peer_done[r] = ((), None)
+                log.warning("task %s validates updates by peer reports, but %s has no report channel (pass "
+                            "--reports, the directory shared with the coordinator): its round %s waits %s s for "
+                            "this node's scores", self.task_id, self.address, r, peer_settings(spec)[1])
             return "idle"
         subs = self.follower.history.ordered_submissions(r)
         if len(subs) < spec.effective_quorum() and self.chain.latest_timestamp() <= task.deadline:

@@ -9,7 +9,7 @@ would produce — and scored at the threshold the nodes' summed validation histo
 (:func:`chainfl.agents.threshold.threshold_from_histogram`, as the coordinator does). Beside it,
 sklearn's HistGradientBoosting on the same rows (threshold on the pooled validation rows).
 
-    python -m benchmarks.gbdt_rounds [--seeds 0 1 2 3 4 5 6 7 8 9]
+    python -m benchmarks.gbdt_rounds [--seeds 0 1 2 3 4 5 6 7 8 9] [--configs N]
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     p.add_argument("--nodes", type=int, default=50)
+    p.add_argument("--configs", type=int, default=len(CONFIGS), help="Only the first N settings (a smoke test).")
     p.add_argument("--name", default="gbdt_rounds")
     p.add_argument("--results-dir", type=Path, default=None)
     args = p.parse_args(argv)
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-gbdt-rounds-") as tmp:
         for seed in args.seeds:
             data, locs = split(seed, args.nodes, Path(tmp))
-            for label, settings, rounds in CONFIGS:
+            for label, settings, rounds in CONFIGS[:max(args.configs, 3)]:
                 t = time.monotonic()
                 r = gbdt_f1(data, locs, settings, rounds, seed)
                 runs.setdefault(label, []).append({**r, "seed": seed, "fit_s": time.monotonic() - t})

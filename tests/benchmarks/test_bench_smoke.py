@@ -312,3 +312,24 @@ def test_chained_newton_tiny(tmp_path, real_data_dir):
     assert {r["attack"] for r in chain} == {"none", "boosted"} and all(r["audit_ok"] for r in chain)
     assert all(r["findings_on_honest"] == 0 for r in chain)
     assert "max |w − pooled Newton|" in (tmp_path / "chained_newton.md").read_text()
+
+
+def test_peer_onchain_tiny(tmp_path, real_data_dir):
+    proc = run_script("peer_onchain", "--seeds", "0", "--nodes", "10", "--rounds", "2", "--workers", "1",
+                      "--results-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads((tmp_path / "peer_onchain.json").read_text())["extra"]["runs"]
+    assert len(runs) == 8 and all(r["audit_ok"] and r["recomputed"] == r["rounds"] == 2 for r in runs)
+    assert all(r["honest_excluded"] == 0 and not r["bad_excluded"] for r in runs if not r["peer"])
+    boosted = next(r for r in runs if r["peer"] and r["attack"] == "boosted")
+    assert boosted["bad_excluded"] >= 0.5 and boosted["peer_reports_per_round"] == 10
+    assert "| boosted 20% | peer validation |" in (tmp_path / "peer_onchain.md").read_text()
+
+
+def test_gbdt_rounds_tiny(tmp_path, real_data_dir):
+    proc = run_script("gbdt_rounds", "--seeds", "0", "--configs", "3", "--results-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((tmp_path / "gbdt_rounds.json").read_text())
+    runs = meta["extra"]["runs"]
+    assert len(runs) == 4 and meta["headline"]["default_f1"] > 0.85
+    assert [r["trees"] for r in runs["depth 4, lr 0.3, 4 concurrent, 116 trees (the default)"]] == [116]

@@ -389,7 +389,7 @@ class Coordinator:
         """The verified peer reports of the round (see :mod:`chainfl.agents.peerreports`), once
         every node has scored every usable update but its own (a node without validation rows
         sends an empty report) or ``peer.seconds`` of chain time have passed since the round was
-        ready to end; None while waiting for more."""
+        ready to end and since its latest submission; None while waiting for more."""
         spec, hist = self.spec, self.follower.history
         r, base = task.round, "0x" + bytes(task.head).hex()
         if not any(c.vector is not None for c in candidates):
@@ -406,6 +406,9 @@ class Coordinator:
             return reports
         subs, q = hist.ordered_submissions(r), spec.effective_quorum()
         ready_at = self.follower.block_time(subs[q - 1]["_block"]) if len(subs) >= q else int(task.deadline)
+        # every submission gets a full window from when it was mined: one sent late (after the
+        # quorum, or just before a decision that then reverts) is scored like the others, not kept unscored
+        ready_at = max([ready_at] + [self.follower.block_time(x["_block"]) for x in subs])
         seconds = peer_settings(spec)[1]
         if self._now() - ready_at <= seconds:
             if (r, "peer") not in self._silence_logged:

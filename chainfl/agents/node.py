@@ -461,7 +461,9 @@ class NodeAgent:
                             "this node's scores", self.task_id, self.address, r, peer_settings(spec)[1])
             return "idle"
         subs = self.follower.history.ordered_submissions(r)
-        if len(subs) < spec.effective_quorum() and self.chain.latest_timestamp() <= task.deadline:
+        # the coordinator's clock (chain or wall time, whichever is later): a chain that mines only on
+        # transactions must not keep the nodes from scoring a round the coordinator ends at its deadline
+        if len(subs) < spec.effective_quorum() and self._chain_now() <= task.deadline:
             return "idle"
         others = [s for s in subs if str(s["node"]).lower() != self.address.lower()]
         key = tuple(sorted(bytes(s["digest"]) for s in others))
@@ -470,8 +472,12 @@ class NodeAgent:
             return "idle"
         _, _, Xv, yv = self._scaled
         if len(yv) == 0:                       # no rows to score on: an empty report says so
-            self.reports.put_peer(PeerReport(self.task_id, r, "0x" + bytes(task.head).hex(), self.address,
-                                             {}).signed(self.account))
+            try:
+                self.reports.put_peer(PeerReport(self.task_id, r, "0x" + bytes(task.head).hex(), self.address,
+                                                 {}).signed(self.account))
+            except AgentError as e:
+                log.warning("%s: cannot send its peer report of round %s: %s", self, r, e)
+                return "idle"
             self._peer_done[r] = (key, None)
             return "peer-reported"
         cfg = modelio.model_config(spec)
@@ -496,8 +502,13 @@ class NodeAgent:
             rows = rows.copy()
             rows[:, [0, 2, 4]] *= -1           # evaluation: a malicious node also lies in its reports
         scores = {d: [float(v) for v in row] for d, row in zip(digests, rows)}
-        self.reports.put_peer(PeerReport(self.task_id, r, "0x" + bytes(task.head).hex(), self.address,
-                                         scores).signed(self.account))
+        try:
+            self.reports.put_peer(PeerReport(self.task_id, r, "0x" + bytes(task.head).hex(), self.address,
+                                             scores).signed(self.account))
+        except AgentError as e:                # a broken or squatted channel: say so, retry later
+            log.warning("%s: cannot send its peer report of round %s: %s", self, r, e)
+            self._peer_done[r] = (key, time.monotonic() + 5.0)
+            return "idle"
         self._peer_done[r] = (key, time.monotonic() + 5.0 if missing else None)
         log.info("task %s round %s: %s sent its peer scores of %s update(s)", self.task_id, r, self.address,
                  len(scores))

@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass
 
 from eth_account import Account
@@ -48,6 +49,11 @@ EVIDENCE_KIND = "peer-evidence"
 DEFAULT_PEER_SECONDS = 120
 #: Bytes one report may take per candidate it scores (six numbers and a digest: ~190 B measured).
 BYTES_PER_CANDIDATE = 512
+#: Largest |mean log-loss gain| an honest report can hold: log-odds are clipped to [-50, 50], so a
+#: row's log-loss lies in [0, 50 + log 2] and a difference of two means within ±(50 + log 2).
+MAX_LOSS_GAIN = 51.0
+#: A candidate key: ``0x`` and the 32-byte digest in lower-case hex (as nodes write it).
+DIGEST_KEY = re.compile(r"0x[0-9a-f]{64}")
 
 
 def peer_settings(spec) -> tuple[PeerConfig, int] | None:
@@ -127,11 +133,19 @@ def row_problem(row, committed: int | None) -> str | None:
     non-negative whole numbers summing to at most the reporter's committed training rows."""
     if not isinstance(row, (list, tuple)) or len(row) != len(REPORT_FIELDS):
         return f"a row needs {len(REPORT_FIELDS)} numbers ({', '.join(REPORT_FIELDS)})"
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in row):
-        return "a row holds a non-finite or non-numeric value"
-    auc, has_auc, _, n_pos, _, n_neg = row
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in row):
+        return "a row holds a non-numeric value"
+    try:
+        row = [float(v) for v in row]          # (an int too large for a float raises here)
+    except OverflowError:
+        return "a row holds a number too large for a float"
+    if not all(math.isfinite(v) for v in row):
+        return "a row holds a non-finite value"
+    auc, has_auc, pos_gain, n_pos, neg_gain, n_neg = row
     if not -1.0 <= auc <= 1.0 or has_auc not in (0, 1):
         return "an AUC gain outside [-1, 1] or has_auc not 0/1"
+    if abs(pos_gain) > MAX_LOSS_GAIN or abs(neg_gain) > MAX_LOSS_GAIN:
+        return f"a log-loss gain beyond ±{MAX_LOSS_GAIN} (scores are log-odds clipped to ±50)"
     if n_pos < 0 or n_neg < 0 or n_pos != int(n_pos) or n_neg != int(n_neg):
         return "class counts must be non-negative whole numbers"
     if has_auc == 1 and (n_pos == 0 or n_neg == 0):
@@ -164,22 +178,20 @@ def verified_peer_reports(reports, spec, task_id: int, round_: int, base: str) -
             continue
         try:
             body = r.body()
-        except Exception:
-            log.warning("task %s round %s: ignoring a peer report claiming %s: not canonical JSON", task_id,
-                        round_, r.node)
-            continue
-        problem = "more bytes than a report holds" if len(body) > cap else None
-        if problem is None:
-            committed = spec.committed_samples(r.node)
-            for key, row in r.scores.items():
-                if not (isinstance(key, str) and key.startswith("0x") and len(key) == 66):
-                    problem = f"candidate key {str(key)[:20]!r} is not a 0x digest"
-                else:
-                    problem = row_problem(row, committed)
-                if problem:
-                    break
-        if problem is None and not r.verify():
-            problem = "bad signature"
+            problem = "more bytes than a report holds" if len(body) > cap else None
+            if problem is None and not r.verify():
+                problem = "bad signature"
+            if problem is None:
+                committed = spec.committed_samples(r.node)
+                for key, row in r.scores.items():
+                    if not (isinstance(key, str) and DIGEST_KEY.fullmatch(key)):
+                        problem = f"candidate key {str(key)[:20]!r} is not a 0x digest in lower-case hex"
+                    else:
+                        problem = row_problem(row, committed)
+                    if problem:
+                        break
+        except Exception as e:     # whatever a crafted report holds, it is left out, never raised
+            problem = f"unreadable ({type(e).__name__})"
         if problem:
             log.warning("task %s round %s: ignoring %s's peer report: %s", task_id, round_, r.node, problem)
             continue
@@ -192,8 +204,7 @@ def verified_peer_reports(reports, spec, task_id: int, round_: int, base: str) -
 def peer_inputs(reports: list[PeerReport]) -> dict[str, dict[str, tuple]]:
     """What :func:`~chainfl.aggregation.decision.decide_round` reads: reporter (lower case) ->
     candidate digest (``0x`` hex, lower case) -> scores row."""
-    return {r.node.lower(): {k.lower(): tuple(float(v) for v in row) for k, row in r.scores.items()}
-            for r in reports}
+    return {r.node.lower(): {k: tuple(float(v) for v in row) for k, row in r.scores.items()} for r in reports}
 
 
 def evidence_blob(task_id: int, round_: int, base: str, cfg: dict, reports: list[PeerReport]) -> bytes:
@@ -205,10 +216,12 @@ def evidence_blob(task_id: int, round_: int, base: str, cfg: dict, reports: list
 
 def parse_evidence(blob: bytes) -> tuple[int, int, str, list[PeerReport]]:
     """``(task_id, round, base, reports)`` of a peer evidence blob; AgentError if malformed."""
+    from chainfl.agents.reports import shallow_json
+
     try:
-        d = json.loads(blob.decode("utf-8"))
+        d = shallow_json(blob.decode("utf-8"))
         if d.get("kind") != EVIDENCE_KIND:
             raise ValueError(f"kind {d.get('kind')!r}")
         return int(d["task"]), int(d["round"]), str(d["base"]), [PeerReport.from_dict(r) for r in d["reports"]]
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, AgentError) as e:
         raise AgentError(f"not a chainfl peer evidence blob: {e}") from e

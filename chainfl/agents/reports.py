@@ -24,6 +24,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +121,7 @@ class DirectoryReportBox:
 
     def __init__(self, directory):
         self.directory = Path(directory)
+        self._peer_cache: dict[tuple, object] = {}
 
     def put(self, report: NodeReport) -> None:
         folder = self.directory / f"task-{report.task_id}"
@@ -136,11 +139,12 @@ class DirectoryReportBox:
                              f"directory") from e
 
     def put_peer(self, report) -> None:
-        """A peer report as ``task-<id>/peer-<round>/<node>-<body hash>.json``."""
-        folder = self.directory / f"task-{report.task_id}" / f"peer-{int(report.round)}"
+        """A peer report as ``task-<id>/peer-<round>-<node>-<body hash>.json`` (flat: no folder
+        name for anyone to squat)."""
+        folder = self.directory / f"task-{report.task_id}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            name = f"{report.node.lower()}-{hashlib.sha256(report.body()).hexdigest()[:16]}.json"
+            name = f"peer-{int(report.round)}-{report.node.lower()}-{hashlib.sha256(report.body()).hexdigest()[:16]}.json"
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
             with os.fdopen(fd, "w") as f:
                 json.dump(report.to_dict(), f, sort_keys=True)
@@ -150,18 +154,31 @@ class DirectoryReportBox:
                              f"directory") from e
 
     def peer_reports(self, task_id: int, round_: int) -> list:
+        """The readable peer reports of a round: regular files only, at most :data:`PEER_FILE_CAP`
+        bytes read of each and :data:`PEER_FILES_PER_NODE` files per node name (a node flooding
+        the directory slows nobody down), each parsed once (cached by name, size and mtime)."""
         from chainfl.agents.peerreports import PeerReport
 
-        folder = self.directory / f"task-{task_id}" / f"peer-{int(round_)}"
+        folder = self.directory / f"task-{task_id}"
+        per_node: dict[str, int] = {}
         out = []
-        for path in sorted(folder.glob("*.json")) if folder.exists() else []:
+        for path in sorted(folder.glob(f"peer-{int(round_)}-*.json")) if folder.is_dir() else []:
+            node = path.name.split("-")[2] if path.name.count("-") >= 3 else ""
+            if per_node.get(node, 0) >= PEER_FILES_PER_NODE:
+                continue
+            per_node[node] = per_node.get(node, 0) + 1
             try:
-                if path.stat().st_size > PEER_FILE_CAP:
-                    log.warning("ignoring peer report %s: %s bytes", path, path.stat().st_size)
+                st = path.lstat()
+                if not stat.S_ISREG(st.st_mode) or st.st_size > PEER_FILE_CAP:
                     continue
-                out.append(PeerReport.from_dict(json.loads(path.read_text())))
-            except (OSError, ValueError, AgentError) as e:
-                log.warning("ignoring unreadable peer report %s: %s", path, e)
+                key = (str(path), st.st_size, st.st_mtime_ns)
+                if key not in self._peer_cache:
+                    with open(path, "rb") as f:
+                        text = f.read(PEER_FILE_CAP + 1).decode("utf-8")
+                    self._peer_cache[key] = PeerReport.from_dict(shallow_json(text))
+                out.append(self._peer_cache[key])
+            except (OSError, ValueError, AgentError, MemoryError, RecursionError) as e:
+                log.warning("ignoring unreadable peer report %s: %s", path, type(e).__name__)
         return out
 
     def reports(self, task_id: int) -> list[NodeReport]:
@@ -183,13 +200,19 @@ class DirectoryReportBox:
     def _read(self, task_id: int, pattern: str) -> list[NodeReport]:
         folder = self.directory / f"task-{task_id}"
         out = []
-        for path in sorted(folder.glob(pattern)) if folder.exists() else []:
+        for path in sorted(folder.glob(pattern)) if folder.is_dir() else []:
+            if path.name.startswith("peer-"):
+                continue                      # peer reports: peer_reports()
             try:
-                if path.stat().st_size > 2 * REPORT_BYTES_CAP:
-                    log.warning("ignoring report %s: %s bytes, more than a report holds", path, path.stat().st_size)
+                st = path.lstat()
+                if not stat.S_ISREG(st.st_mode) or st.st_size > 2 * REPORT_BYTES_CAP:
+                    log.warning("ignoring report %s: not a regular file of at most %s bytes", path,
+                                2 * REPORT_BYTES_CAP)
                     continue
-                out.append(NodeReport.from_dict(json.loads(path.read_text())))
-            except (OSError, ValueError, AgentError) as e:
+                with open(path, "rb") as f:
+                    text = f.read(2 * REPORT_BYTES_CAP + 1).decode("utf-8")
+                out.append(NodeReport.from_dict(shallow_json(text)))
+            except (OSError, ValueError, AgentError, MemoryError, RecursionError) as e:
                 log.warning("ignoring unreadable report %s: %s", path, e)
         return out
 
@@ -282,8 +305,29 @@ EVIDENCE_KIND = "reports"
 #: Bytes one signed report may take (~1.2 kB per model measured: two lists of 242 counts, the
 #: signature, the addresses), with room for the few models a report names.
 REPORT_BYTES_CAP = 16 * 1024
-#: Bytes of a peer report file read at all (a report is capped by its task's size, see peerreports.report_cap).
-PEER_FILE_CAP = 2 * 2**20
+#: Bytes of a peer report file read at all (a report is capped by its task's size, see
+#: peerreports.report_cap: 4 kB + 512 B per node, 266 kB at 512 nodes).
+PEER_FILE_CAP = 512 * 1024
+#: Peer report files read per node name and round (a node re-sends when more updates arrive).
+PEER_FILES_PER_NODE = 8
+#: Nesting a report or evidence blob may have (they need 4: body, scores, a row).
+MAX_JSON_DEPTH = 8
+
+
+def shallow_json(text: str):
+    """``json.loads`` of ``text`` after checking its nesting is at most :data:`MAX_JSON_DEPTH`
+    (deeply nested input crashes the parser's C stack: the recursion limit is raised by a
+    dependency). ValueError if too deep or not JSON."""
+    depth = 0
+    for ch in _BRACKET.findall(_STRING.sub('""', text)):
+        depth += 1 if ch in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH}")
+    return json.loads(text)
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
 #: Models one report may name (nodes name one; chained nodes at most the head and the accepted model).
 MAX_MODELS_PER_REPORT = 4
 
@@ -317,7 +361,7 @@ def parse_stopping(blob: bytes) -> tuple[dict, list[NodeReport]] | None:
     """The stopping section of an evidence blob and its reports (None: the task was not stopped
     early); AgentError if malformed."""
     try:
-        d = json.loads(blob.decode("utf-8"))
+        d = shallow_json(blob.decode("utf-8"))
         section = d.get("stopping")
         if section is None:
             return None
@@ -329,7 +373,7 @@ def parse_stopping(blob: bytes) -> tuple[dict, list[NodeReport]] | None:
 def parse_evidence(blob: bytes) -> tuple[int, str, list[NodeReport]]:
     """``(task_id, model_digest, reports)`` of an evidence blob; AgentError if malformed."""
     try:
-        d = json.loads(blob.decode("utf-8"))
+        d = shallow_json(blob.decode("utf-8"))
         if d.get("kind") != EVIDENCE_KIND:
             raise ValueError(f"kind {d.get('kind')!r}")
         return int(d["task"]), str(d["model"]), [NodeReport.from_dict(r) for r in d["reports"]]

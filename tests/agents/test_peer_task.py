@@ -4,6 +4,7 @@ reports as the round's evidence, and the audit re-decides every round from exact
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import pytest
@@ -147,6 +148,10 @@ def test_reports_that_cannot_be_honest_are_left_out(peer_world):
             bad = replace(good, scores={cand: broken})
         assert verified_peer_reports([bad], spec, 7, 1, base) == [], broken
     assert verified_peer_reports([rep(a0, {"0xnot-a-digest": row})], spec, 7, 1, base) == []
+    assert verified_peer_reports([rep(a0, {"0x" + "AB" * 32: row})], spec, 7, 1, base) == []     # upper case
+    assert verified_peer_reports([rep(a0, {cand: row[:2] + [99.0] + row[3:]})], spec, 7, 1, base) == []  # > ±51 nats
+    huge = replace(good, scores={cand: [10**400] + row[1:]})        # unsigned, and no float can hold it
+    assert verified_peer_reports([huge], spec, 7, 1, base) == []
     outsider = world.chain.account(N + 3)
     assert verified_peer_reports([rep(outsider, {cand: row})], spec, 7, 1, base) == []
     # of several reports of one node, the one covering the most candidates, whatever the order
@@ -182,8 +187,14 @@ def test_peer_reports_travel_through_a_shared_directory(peer_world, tmp_path):
         world.accounts[0])
     box.put_peer(mine)
     box.put_peer(mine)                                  # the same report twice is one file
-    (tmp_path / "reports" / "task-3" / "peer-2" / "junk.json").write_text("{not json")
+    folder = tmp_path / "reports" / "task-3"
+    (folder / "peer-2-0xjunk-1.json").write_text("{not json")
+    (folder / "peer-2-0xdeep-1.json").write_text("[" * 100_000)         # would crash the C parser
+    os.mkfifo(folder / "peer-2-0xfifo-1.json")                          # would block a reader
+    (folder / "peer-3").write_text("squatting a folder name")           # no folder is needed
+    box.put_peer(replace(mine, round=3).signed(world.accounts[0]))
     assert box.peer_reports(3, 2) == [mine] and box.peer_reports(3, 1) == [] and box.reports(3) == []
+    assert len(box.peer_reports(3, 3)) == 1
 
 
 def test_a_node_without_validation_rows_sends_an_empty_report_and_the_round_does_not_wait(peer_world):
@@ -200,3 +211,56 @@ def test_a_node_without_validation_rows_sends_an_empty_report_and_the_round_does
     empty = [r for r in reports if r.node == world.accounts[0].address]
     assert len(reports) == N and len(empty) == 1 and empty[0].scores == {}
     assert audit_task(world.chain, world.registry, world.store, task_id).ok
+
+
+def test_a_late_submission_gets_its_own_window_and_is_scored(peer_world):
+    """Quorum below the node count: an update sent late (while the coordinator waits for a report
+    its sender withholds) is not decided on unscored; it gets a full window and its peers' scores."""
+    world = peer_world
+    coordinator = world.coordinator()
+    task_id = coordinator.create_task(replace(_spec(world, rounds=1, seconds=30), quorum=N - 1))
+    agents = _agents(world, task_id)
+    late, honest = agents[FLIPPER], agents[:FLIPPER]
+    late._peer_report = lambda task, r: "idle"          # withholds its report: the coordinator waits
+
+    def spin(times=6):
+        for _ in range(times):
+            coordinator.step()
+            for a in honest:
+                a.step()
+
+    spin()
+    assert world.registry.task(task_id).round_submissions == N - 1 and world.registry.task(task_id).round_open
+    world.chain.advance_time(25)
+    assert late.step() == "submitted"                   # 25 s into the window
+    spin()
+    world.chain.advance_time(10)                        # 35 s after the quorum, 10 s after the late one
+    spin(2)
+    assert world.registry.task(task_id).round_open      # the late update's window is still running
+    world.chain.advance_time(25)
+    world.drive(coordinator, honest + [late], max_steps=40)
+    ev = _rounds(world, task_id)[0]
+    assert late.address in ev["excluded"] and len(ev["included"]) == N - 1
+    assert audit_task(world.chain, world.registry, world.store, task_id).ok
+
+
+def test_nodes_score_a_round_that_ends_at_its_deadline_on_a_chain_without_new_blocks(peer_world):
+    """A node is silent, so the round ends at its deadline; the embedded chain mines no block
+    meanwhile, so only the wall clock passes the deadline — the nodes must still score."""
+    import time
+
+    world = peer_world
+    coordinator = world.coordinator()
+    task_id = coordinator.create_task(replace(_spec(world, rounds=1, seconds=2), round_seconds=8))
+    agents = _agents(world, task_id)[1:]                 # node 0 never shows up
+    start = time.monotonic()
+    while not _rounds(world, task_id) and time.monotonic() - start < 60:
+        coordinator.step()
+        for a in agents:
+            a.step()
+        time.sleep(0.2)
+    ev = _rounds(world, task_id)[0]
+    assert world.registry.task(task_id).round_submissions == N - 1
+    _, _, _, reports = parse_evidence(world.store.get(ev["evidenceCid"]))
+    assert len(reports) == N - 1                          # every node that is up scored the round
+    assert world.accounts[FLIPPER].address in ev["excluded"]

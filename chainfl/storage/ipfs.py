@@ -155,7 +155,22 @@ class IpfsStore:
             text = str(e)
             if "not found" in text.lower() or "no link" in text.lower():
                 raise BlobNotFoundError(f"{cid}: {text}", cid=cid) from e
+            if is_transient(text):              # a daemon starting or stopping: ridden out by the callers' retry
+                raise StoreUnavailableError(f"The IPFS daemon at {self.host}:{self.port} is starting or stopping "
+                                            f"(`{what}` for {cid}: {text}); retry in a moment") from e
             raise StoreError(f"The IPFS daemon at {self.host}:{self.port} refused `{what}` "
                              f"for {cid}: {text}") from e
         except self._errors.Error as e:
             raise StoreError(f"IPFS `{what}` for {cid} failed: {e}") from e
+
+
+#: Error texts of a daemon that is starting or shutting down (js-ipfs answers while its block
+#: store is closed: "Database is not open"); a request then succeeds once it is up again.
+TRANSIENT_ERRORS = ("database is not open", "not started", "shutting down", "is closing", "repo is closed")
+
+
+def is_transient(text: str) -> bool:
+    """True if an IPFS error text says the daemon is starting or stopping (retry), not that the
+    request is wrong."""
+    low = str(text).lower()
+    return any(t in low for t in TRANSIENT_ERRORS)

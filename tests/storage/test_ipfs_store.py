@@ -115,3 +115,10 @@ def test_daemon_context_manager_starts_serves_and_stops_its_process_group(daemon
         os.killpg(pgid, 0)                # no process of the daemon's group is left
     with pytest.raises(StoreUnavailableError):
         open_store(daemon.url)
+
+
+def test_a_daemon_that_is_starting_or_stopping_is_unavailable_not_an_error():
+    from chainfl.storage.ipfs import is_transient
+
+    assert is_transient("Database is not open") and is_transient("Error: not started")
+    assert not is_transient("invalid path") and not is_transient("block too big")

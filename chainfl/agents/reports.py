@@ -124,6 +124,53 @@ class DirectoryReportBox:
         self._peer_cache: dict[tuple, object] = {}
 
     def put(self, report: NodeReport) -> None:
+        body = hashlib.sha256(report.body()).hexdigest()[:16]
+        self._write(report, [f"{model[2:18]}-{report.node.lower()}-{body}.json"
+                             for model in sorted(report.histograms)[:MAX_MODELS_PER_REPORT] or ["0xnone"]])
+
+    def put_peer(self, report) -> None:
+        """A peer report as ``task-<id>/peer-<round>-<node>-<body hash>.json`` (flat: no folder
+        name for anyone to squat)."""
+        body = hashlib.sha256(report.body()).hexdigest()[:16]
+        self._write(report, [f"peer-{int(report.round)}-{report.node.lower()}-{body}.json"])
+
+    def _write(self, report, names) -> None:
+        """``report`` as JSON under each of ``names`` in its task's folder, each written atomically."""
+        folder = self.directory / f"task-{report.task_id}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in names:
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+                with os.fdopen(fd, "w") as f:
+                    json.dump(report.to_dict(), f, sort_keys=True)
+                os.replace(tmp, folder / name)
+        except OSError as e:
+            raise AgentError(f"cannot write the report to {folder}: {e}; pass a writable --reports "
+                             f"directory") from e
+
+    def peer_reports(self, task_id: int, round_: int) -> list:
+        return list(self._peer.get((task_id, round_), {}).values())
+
+    def put(self, report: NodeReport) -> None:
+        self._reports[(report.task_id, report.node.lower(), report.body())] = report
+
+    def reports(self, task_id: int) -> list[NodeReport]:
+        return [r for k, r in self._reports.items() if k[0] == task_id]
+
+    def reports_for(self, task_id: int, model_digest: str) -> list[NodeReport]:
+        return [r for r in self.reports(task_id) if model_digest in r.histograms]
+
+
+class DirectoryReportBox:
+    """Reports as JSON files ``task-<id>/<model digest>-<node>-<body hash>.json`` in a shared
+    directory; a report naming several models is filed under each of them (so reading the
+    reports of one model reads only its own files)."""
+
+    def __init__(self, directory):
+        self.directory = Path(directory)
+        self._peer_cache: dict[tuple, object] = {}
+
+    def put(self, report: NodeReport) -> None:
         folder = self.directory / f"task-{report.task_id}"
         try:
             folder.mkdir(parents=True, exist_ok=True)

@@ -145,6 +145,7 @@ def run_gbdt(sp: Split, cfg: G.GBDTConfig, *, federated: bool = True, eval_every
     state = G.init_state(cfg)
     curve, sizes = [], []
     ex_bad = ex_hon = seen_bad = seen_hon = bound_rejected_bad = bound_rejected_hon = 0
+    ex_bad_rows = seen_bad_rows = 0
     r = 0
     while G.phase(state) != "done" and (max_rounds is None or r < max_rounds):
         vecs = [G.node_update(cfg, state, X, y) for X, y in data]
@@ -165,9 +166,12 @@ def run_gbdt(sp: Split, cfg: G.GBDTConfig, *, federated: bool = True, eval_every
             excluded = _gbdt_peer(cfg, state, vecs, keep, sp, bad, names, peer)
         if G.phase(state) == "grow" and (defence != "none"):
             for k in keep:
+                rows_k = len(data[k][1])
                 if k in bad:
                     seen_bad += 1
                     ex_bad += k in excluded
+                    seen_bad_rows += rows_k
+                    ex_bad_rows += rows_k * (k in excluded)
                 else:
                     seen_hon += 1
                     ex_hon += k in excluded
@@ -184,6 +188,7 @@ def run_gbdt(sp: Split, cfg: G.GBDTConfig, *, federated: bool = True, eval_every
             "max_tree_update_bytes": max(sizes[1:], default=0), "bytes_per_node": int(sum(sizes)),
             "excluded_bad": ex_bad / seen_bad if seen_bad else None,
             "excluded_honest": ex_hon / seen_hon if seen_hon else None,
+            "excluded_bad_rows": ex_bad_rows / seen_bad_rows if seen_bad_rows else None,
             "bound_rejected_bad": bound_rejected_bad, "bound_rejected_honest": bound_rejected_hon,
             "n_bad": len(bad)}
 
@@ -298,7 +303,8 @@ def run_ple(sp: Split, rounds: int, *, attack: str = "none", fraction: float = 0
     return {"f1": m["f1"], "pr_auc": m["pr_auc"], "curve": curve, "update_bytes": int(ref.nbytes),
             "params": int(ref.size), "width": enc.width,
             "excluded_bad": ex_bad / seen_bad if seen_bad else None,
-            "excluded_honest": ex_hon / seen_hon if seen_hon else None, "n_bad": len(bad)}
+            "excluded_honest": ex_hon / seen_hon if seen_hon else None,
+            "excluded_bad_rows": ex_bad_rows / seen_bad_rows if seen_bad_rows else None, "n_bad": len(bad)}
 
 
 def _ple_metrics(state, Xv, Xt, sp) -> dict:

@@ -333,3 +333,31 @@ def test_gbdt_rounds_tiny(tmp_path, real_data_dir):
     runs = meta["extra"]["runs"]
     assert len(runs) == 4 and meta["headline"]["default_f1"] > 0.85
     assert [r["trees"] for r in runs["depth 4, lr 0.3, 4 concurrent, 116 trees (the default)"]] == [116]
+
+
+def test_gbdt_onchain_tiny(tmp_path, real_data_dir):
+    proc = run_script("gbdt_onchain", "--seeds", "0", "--nodes", "10", "--rounds", "8", "--workers", "1",
+                      "--results-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads((tmp_path / "gbdt_onchain.json").read_text())["extra"]["runs"]
+    assert [(r["attack"], r["fraction"]) for r in runs] == [("none", 0.0), ("label-flip", 0.2), ("label-flip", 0.3)]
+    assert all(r["model"] == "gbdt" and r["audit_ok"] and r["recomputed"] == r["rounds"] == 8 for r in runs)
+    assert runs[0]["bad_flagged"] is None and [r["bad_nodes"] for r in runs] == [0, 2, 3]
+    assert all(0.0 <= r["honest_flagged"] <= 1.0 for r in runs)
+    assert all(0.0 <= r["bad_flagged"] <= 1.0 for r in runs[1:])
+    assert "| label-flip 30% |" in (tmp_path / "gbdt_onchain.md").read_text()
+
+
+def test_gbdt_defence_quick(tmp_path, real_data_dir):
+    proc = run_script("gbdt_defence", "--quick", "--results-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((tmp_path / "gbdt_defence.json").read_text())
+    runs = meta["extra"]
+    assert set(runs) == {"α=0.5/none/0/0/z2.5", "α=0.5/label-flip 20%/0/0/z2.5", "α=0.5/label-flip 30%/0/0/z2.5"}
+    for key, res in runs.items():
+        for r in res:
+            if "flip" in key:
+                assert r["n_bad"] > 0 and 0.0 <= r["excluded_bad"] <= 1.0 and 0.0 <= r["excluded_bad_rows"] <= 1.0
+            else:
+                assert r["n_bad"] == 0 and r["excluded_bad"] is None
+    assert "| flipper rows excluded |" in (tmp_path / "gbdt_defence.md").read_text()

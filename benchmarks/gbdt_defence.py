@@ -40,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help=f"trees of the gbdt (default {DEFAULT_TREES}, the default job's)")
     ap.add_argument("--partitions", nargs="+", default=["0.5", "0.1", "iid"], help="Dirichlet alphas and/or iid")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--shares-only", action="store_true",
+                    help="no training: how much of each class the flippers hold, per partition and seed "
+                         "(written as <name>_shares)")
     ap.add_argument("--name", default="gbdt_defence")
     ap.add_argument("--results-dir", default=None)
     args = ap.parse_args(argv)
@@ -47,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     partitions = [(("iid", 0.0), "IID") if p == "iid" else (("dirichlet", float(p)), f"α={float(p):g}")
                   for p in args.partitions][:1 if args.quick else None]
     attacks = [("none", 0.0), ("label-flip", 0.2), ("label-flip", 0.3)]
+    if args.shares_only:
+        return write_shares(args, seeds, partitions, argv)
     cfg = replace(DEFAULT_GBDT, n_trees=8 if args.quick else args.trees)
     rows, raw, headline = [], {}, {}
     for (scheme, alpha), label in partitions:
@@ -87,6 +92,40 @@ def main(argv: Sequence[str] | None = None) -> None:
                          "a 900-row one 900).",
                          "The protocol on chain (chainfl.aggregation.boosting) runs exactly these bounds and this "
                          f"screen, with the defaults of chainfl.learning.gbdt.ConsistencyScreen ({G.ConsistencyScreen()})."])
+
+
+def write_shares(args, seeds, partitions, argv) -> None:
+    """What a screen that trusts the majority of the rows can do: the share of the fraud and of
+    the normal training rows the flippers hold (flipped, those are what they claim of the other
+    class). Where flippers hold close to half of a class, the rows themselves no longer say which
+    labels are right."""
+    from chainfl.aggregation.attacks import choose_malicious
+
+    rows, raw = [], {}
+    for (scheme, alpha), label in partitions:
+        for frac in (0.2, 0.3):
+            for s in seeds:
+                sp = prepare(s, 50, scheme, alpha)
+                bad = choose_malicious(len(sp.parts), frac, s)
+                pos = [int(y.sum()) for _, y in sp.parts]
+                neg = [len(y) - p for (_, y), p in zip(sp.parts, pos)]
+                bp, bn = sum(pos[k] for k in bad), sum(neg[k] for k in bad)
+                raw[f"{label}/{frac:.0%}/{s}"] = {"fraud_share": bp / sum(pos), "normal_share": bn / sum(neg),
+                                                 "flipper_rows": [pos[k] + neg[k] for k in bad]}
+                rows.append([label, f"{frac:.0%}", s, f"{100 * bp / sum(pos):.1f} % ({bp} of {sum(pos)})",
+                             f"{100 * bn / sum(neg):.1f} % ({bn} of {sum(neg)})",
+                             " ".join(str(pos[k] + neg[k]) for k in sorted(bad, key=lambda k: -(pos[k] + neg[k])))])
+    table = Table("Training rows the flippers hold, 50 nodes (the split and attackers of the runs above)",
+                  ["partition", "flippers", "seed", "fraud rows held by flippers", "normal rows held by flippers",
+                   "flipper node sizes (rows)"], rows)
+    write_results(f"{args.name}_shares", "How much of each class the label flippers hold", [table],
+                  headline={k: v["fraud_share"] for k, v in raw.items()}, extra=raw, command=command_line(argv),
+                  results_dir=args.results_dir,
+                  notes=["A flipper trains on 1 - y: its fraud rows are claimed normal and its normal rows "
+                         "fraud. The screen compares a node's labels with the model the included nodes "
+                         "grew; when flippers hold close to half of the fraud rows, that model learns "
+                         "their labels for those rows and the honest fraud holders are the ones that "
+                         "disagree."])
 
 
 if __name__ == "__main__":

@@ -226,8 +226,8 @@ class Coordinator:
             if hexd in self._report_cache:
                 point, reports = self._report_cache[hexd]
             else:
-                reports = verified_reports(self.reports.reports_for(self.task_id, hexd), self.task_id, spec.nodes,
-                                           hexd)
+                reports = verified_reports(self.reports.reports_for(self.task_id, hexd, spec.nodes), self.task_id,
+                                           spec.nodes, hexd)
                 point = (r, *robust_loss([x.histograms[hexd] for x in reports]))
                 # nodes report on the newest global model only: once it is two models old (or every
                 # node reported on it) no more reports on it are to come
@@ -394,7 +394,7 @@ class Coordinator:
         r, base = task.round, "0x" + bytes(task.head).hex()
         if not any(c.vector is not None for c in candidates):
             return []                          # nothing to score: the round is abandoned without waiting
-        got = self.reports.peer_reports(self.task_id, r) if self.reports is not None else []
+        got = self.reports.peer_reports(self.task_id, r, spec.nodes) if self.reports is not None else []
         reports = verified_peer_reports(got, spec, self.task_id, r, base)
         usable = {"0x" + bytes(c.digest).hex(): c.node.lower() for c in candidates if c.vector is not None}
         by_node = {x.node.lower(): x for x in reports}
@@ -426,7 +426,8 @@ class Coordinator:
         if self.reports is None:
             return None, 0
         hexd = "0x" + bytes(digest).hex()
-        hists = histograms_for(self.reports.reports_for(self.task_id, hexd), self.task_id, self.spec.nodes, hexd)
+        nodes = self.spec.nodes
+        hists = histograms_for(self.reports.reports_for(self.task_id, hexd, nodes), self.task_id, nodes, hexd)
         if not hists:
             return None, 0
         return threshold_from_histogram(merge_histograms(hists))[1], len(hists)
@@ -477,8 +478,8 @@ class Coordinator:
         hexd = "0x" + digest.hex()
         # counted as the threshold will count it, so a head released on this check has the
         # checker's report in its evidence
-        return any(r.node.lower() == node.lower() for r in
-                   threshold_reports(self.reports.reports_for(self.task_id, hexd), self.task_id, self.spec, hexd))
+        reports = self.reports.reports_for(self.task_id, hexd, self.spec.nodes)
+        return any(r.node.lower() == node.lower() for r in threshold_reports(reports, self.task_id, self.spec, hexd))
 
     # -- the end: threshold, release, close -------------------------------------------------
     def _release_digest(self, task) -> bytes:
@@ -494,7 +495,8 @@ class Coordinator:
         final_hex = "0x" + final.hex()
         used = []
         if self.reports is not None:
-            used = threshold_reports(self.reports.reports_for(self.task_id, final_hex), self.task_id, spec, final_hex)
+            used = threshold_reports(self.reports.reports_for(self.task_id, final_hex, spec.nodes), self.task_id, spec,
+                                     final_hex)
         if len(used) < len(spec.nodes):
             if self._finished_at is None:
                 self._finished_at = time.monotonic()

@@ -27,9 +27,10 @@ import os
 import re
 import stat
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Iterable, Protocol
 
 from eth_account import Account
 from eth_account.messages import encode_defunct
@@ -82,13 +83,14 @@ class NodeReport:
 
 class ReportBox(Protocol):
     """Also carries peer score reports (:mod:`chainfl.agents.peerreports`): ``put_peer`` and
-    ``peer_reports(task_id, round)``."""
+    ``peer_reports(task_id, round, nodes=None)``. ``nodes`` (a task's members) lets a reader
+    skip what anyone else filed."""
 
     def put(self, report: NodeReport) -> None: ...
 
     def reports(self, task_id: int) -> list[NodeReport]: ...
 
-    def reports_for(self, task_id: int, model_digest: str) -> list[NodeReport]: ...
+    def reports_for(self, task_id: int, model_digest: str, nodes: Iterable[str] | None = None) -> list[NodeReport]: ...
 
 
 class MemoryReportBox:
@@ -101,8 +103,10 @@ class MemoryReportBox:
     def put_peer(self, report) -> None:
         self._peer.setdefault((report.task_id, report.round), {})[report.body()] = report
 
-    def peer_reports(self, task_id: int, round_: int) -> list:
-        return list(self._peer.get((task_id, round_), {}).values())
+    def peer_reports(self, task_id: int, round_: int, nodes: Iterable[str] | None = None) -> list:
+        members = None if nodes is None else {n.lower() for n in nodes}
+        return [r for r in self._peer.get((task_id, round_), {}).values()
+                if members is None or r.node.lower() in members]
 
     def put(self, report: NodeReport) -> None:
         self._reports[(report.task_id, report.node.lower(), report.body())] = report
@@ -110,8 +114,10 @@ class MemoryReportBox:
     def reports(self, task_id: int) -> list[NodeReport]:
         return [r for k, r in self._reports.items() if k[0] == task_id]
 
-    def reports_for(self, task_id: int, model_digest: str) -> list[NodeReport]:
-        return [r for r in self.reports(task_id) if model_digest in r.histograms]
+    def reports_for(self, task_id: int, model_digest: str, nodes: Iterable[str] | None = None) -> list[NodeReport]:
+        members = None if nodes is None else {n.lower() for n in nodes}
+        return [r for r in self.reports(task_id) if model_digest in r.histograms
+                and (members is None or r.node.lower() in members)]
 
 
 class DirectoryReportBox:
@@ -121,7 +127,7 @@ class DirectoryReportBox:
 
     def __init__(self, directory):
         self.directory = Path(directory)
-        self._peer_cache: dict[tuple, object] = {}
+        self._cache: OrderedDict[str, dict[tuple, object]] = OrderedDict()   # pattern -> parsed files
 
     def put(self, report: NodeReport) -> None:
         body = hashlib.sha256(report.body()).hexdigest()[:16]
@@ -148,85 +154,12 @@ class DirectoryReportBox:
             raise AgentError(f"cannot write the report to {folder}: {e}; pass a writable --reports "
                              f"directory") from e
 
-    def peer_reports(self, task_id: int, round_: int) -> list:
-        return list(self._peer.get((task_id, round_), {}).values())
-
-    def put(self, report: NodeReport) -> None:
-        self._reports[(report.task_id, report.node.lower(), report.body())] = report
-
-    def reports(self, task_id: int) -> list[NodeReport]:
-        return [r for k, r in self._reports.items() if k[0] == task_id]
-
-    def reports_for(self, task_id: int, model_digest: str) -> list[NodeReport]:
-        return [r for r in self.reports(task_id) if model_digest in r.histograms]
-
-
-class DirectoryReportBox:
-    """Reports as JSON files ``task-<id>/<model digest>-<node>-<body hash>.json`` in a shared
-    directory; a report naming several models is filed under each of them (so reading the
-    reports of one model reads only its own files)."""
-
-    def __init__(self, directory):
-        self.directory = Path(directory)
-        self._peer_cache: dict[tuple, object] = {}
-
-    def put(self, report: NodeReport) -> None:
-        folder = self.directory / f"task-{report.task_id}"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            body = hashlib.sha256(report.body()).hexdigest()[:16]
-            for model in sorted(report.histograms)[:MAX_MODELS_PER_REPORT] or ["0xnone"]:
-                name = f"{model[2:18]}-{report.node.lower()}-{body}.json"
-                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-                with os.fdopen(fd, "w") as f:
-                    json.dump(report.to_dict(), f, sort_keys=True)
-                os.replace(tmp, folder / name)
-        except OSError as e:
-            raise AgentError(f"cannot write the report to {folder}: {e}; pass a writable --reports "
-                             f"directory") from e
-
-    def put_peer(self, report) -> None:
-        """A peer report as ``task-<id>/peer-<round>-<node>-<body hash>.json`` (flat: no folder
-        name for anyone to squat)."""
-        folder = self.directory / f"task-{report.task_id}"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            name = f"peer-{int(report.round)}-{report.node.lower()}-{hashlib.sha256(report.body()).hexdigest()[:16]}.json"
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-            with os.fdopen(fd, "w") as f:
-                json.dump(report.to_dict(), f, sort_keys=True)
-            os.replace(tmp, folder / name)
-        except OSError as e:
-            raise AgentError(f"cannot write the peer report to {folder}: {e}; pass a writable --reports "
-                             f"directory") from e
-
-    def peer_reports(self, task_id: int, round_: int) -> list:
-        """The readable peer reports of a round: regular files only, at most :data:`PEER_FILE_CAP`
-        bytes read of each and :data:`PEER_FILES_PER_NODE` files per node name (a node flooding
-        the directory slows nobody down), each parsed once (cached by name, size and mtime)."""
+    def peer_reports(self, task_id: int, round_: int, nodes: Iterable[str] | None = None) -> list:
+        """The readable peer reports of a round (see :meth:`_scan`; at most :data:`PEER_FILE_CAP`
+        bytes read of each file)."""
         from chainfl.agents.peerreports import PeerReport
 
-        folder = self.directory / f"task-{task_id}"
-        per_node: dict[str, int] = {}
-        out = []
-        for path in sorted(folder.glob(f"peer-{int(round_)}-*.json")) if folder.is_dir() else []:
-            node = path.name.split("-")[2] if path.name.count("-") >= 3 else ""
-            if per_node.get(node, 0) >= PEER_FILES_PER_NODE:
-                continue
-            per_node[node] = per_node.get(node, 0) + 1
-            try:
-                st = path.lstat()
-                if not stat.S_ISREG(st.st_mode) or st.st_size > PEER_FILE_CAP:
-                    continue
-                key = (str(path), st.st_size, st.st_mtime_ns)
-                if key not in self._peer_cache:
-                    with open(path, "rb") as f:
-                        text = f.read(PEER_FILE_CAP + 1).decode("utf-8")
-                    self._peer_cache[key] = PeerReport.from_dict(shallow_json(text))
-                out.append(self._peer_cache[key])
-            except (OSError, ValueError, AgentError, MemoryError, RecursionError) as e:
-                log.warning("ignoring unreadable peer report %s: %s", path, type(e).__name__)
-        return out
+        return self._scan(task_id, f"peer-{int(round_)}-*.json", 2, PEER_FILE_CAP, PeerReport.from_dict, nodes)
 
     def reports(self, task_id: int) -> list[NodeReport]:
         seen, out = set(), []
@@ -237,30 +170,56 @@ class DirectoryReportBox:
                 out.append(r)
         return out
 
-    def reports_for(self, task_id: int, model_digest: str) -> list[NodeReport]:
+    def reports_for(self, task_id: int, model_digest: str, nodes: Iterable[str] | None = None) -> list[NodeReport]:
         """The reports naming ``model_digest`` (files under its prefix only: a directory written by
         a chainfl before 2026-12-02, which filed a multi-model report once, should not be reused
         for a chained task in progress)."""
         digest = model_digest[2:] if model_digest.startswith("0x") else model_digest
-        return [r for r in self._read(task_id, f"{digest[:16]}-*.json") if ("0x" + digest) in r.histograms]
+        return [r for r in self._read(task_id, f"{digest[:16]}-*.json", nodes) if ("0x" + digest) in r.histograms]
 
-    def _read(self, task_id: int, pattern: str) -> list[NodeReport]:
+    def _read(self, task_id: int, pattern: str, nodes: Iterable[str] | None = None) -> list[NodeReport]:
+        return self._scan(task_id, pattern, 1, 2 * REPORT_BYTES_CAP, NodeReport.from_dict, nodes)
+
+    def _scan(self, task_id: int, pattern: str, node_field: int, cap: int, parse, nodes) -> list:
+        """The reports in the files of ``pattern`` (``-``-separated names, the node's address at
+        ``node_field``), read so that nobody with write access to the directory can stall or
+        exhaust a reader: regular files only, at most ``cap`` bytes read of each and nesting
+        checked before parsing, at most :data:`FILES_PER_NODE` files per node name (in name
+        order), only names of ``nodes`` when given (a flood under invented names is never
+        opened), each file parsed once while it is unchanged (name, size, mtime) and the parsed
+        files of the last :data:`CACHED_PATTERNS` patterns kept — memory bounded by the task."""
         folder = self.directory / f"task-{task_id}"
+        members = None if nodes is None else {n.lower() for n in nodes}
+        threshold_files = not pattern.startswith("peer-")
+        previous = self._cache.pop(pattern, {})
+        kept: dict[tuple, object] = {}
+        per_node: dict[str, int] = {}
         out = []
         for path in sorted(folder.glob(pattern)) if folder.is_dir() else []:
-            if path.name.startswith("peer-"):
-                continue                      # peer reports: peer_reports()
+            parts = path.name.split("-")
+            if threshold_files and parts[0] == "peer":
+                continue                          # peer reports: peer_reports()
+            node = parts[node_field] if len(parts) > node_field + 1 else ""
+            if (members is not None and node not in members) or per_node.get(node, 0) >= FILES_PER_NODE:
+                continue
+            per_node[node] = per_node.get(node, 0) + 1
             try:
                 st = path.lstat()
-                if not stat.S_ISREG(st.st_mode) or st.st_size > 2 * REPORT_BYTES_CAP:
-                    log.warning("ignoring report %s: not a regular file of at most %s bytes", path,
-                                2 * REPORT_BYTES_CAP)
+                if not stat.S_ISREG(st.st_mode) or st.st_size > cap:
+                    log.warning("ignoring report %s: not a regular file of at most %s bytes", path, cap)
                     continue
-                with open(path, "rb") as f:
-                    text = f.read(2 * REPORT_BYTES_CAP + 1).decode("utf-8")
-                out.append(NodeReport.from_dict(shallow_json(text)))
+                key = (path.name, st.st_size, st.st_mtime_ns)
+                if key not in previous:
+                    with open(path, "rb") as f:
+                        text = f.read(cap + 1).decode("utf-8")
+                    previous[key] = parse(shallow_json(text))
+                kept[key] = previous[key]
+                out.append(kept[key])
             except (OSError, ValueError, AgentError, MemoryError, RecursionError) as e:
-                log.warning("ignoring unreadable report %s: %s", path, e)
+                log.warning("ignoring unreadable report %s: %s", path, type(e).__name__)
+        self._cache[pattern] = kept
+        while len(self._cache) > CACHED_PATTERNS:
+            self._cache.popitem(last=False)
         return out
 
 
@@ -355,8 +314,12 @@ REPORT_BYTES_CAP = 16 * 1024
 #: Bytes of a peer report file read at all (a report is capped by its task's size, see
 #: peerreports.report_cap: 4 kB + 512 B per node, 266 kB at 512 nodes).
 PEER_FILE_CAP = 512 * 1024
-#: Peer report files read per node name and round (a node re-sends when more updates arrive).
-PEER_FILES_PER_NODE = 8
+#: Report files read per node name and round (peer reports: a node re-sends when more updates
+#: arrive) or per node name and model (threshold reports).
+FILES_PER_NODE = 8
+#: Patterns (a round's peer reports, a model's threshold reports) whose parsed files a
+#: directory box keeps.
+CACHED_PATTERNS = 4
 #: Nesting a report or evidence blob may have (they need 4: body, scores, a row).
 MAX_JSON_DEPTH = 8
 

@@ -1,3 +1,6 @@
+import hashlib
+import os
+
 import numpy as np
 from eth_account import Account
 from sklearn.metrics import f1_score
@@ -54,8 +57,36 @@ def test_a_directory_box_files_a_multi_model_report_under_each_model_and_reads_o
     box.put(NodeReport(1, acct.address, {other: h}).signed(acct))
     read = []
     original = box._read
-    monkeypatch.setattr(box, "_read", lambda task, pattern: read.append(pattern) or original(task, pattern))
+    monkeypatch.setattr(box, "_read", lambda task, pattern, *rest: read.append(pattern) or original(task, pattern, *rest))
     assert [r.node for r in box.reports_for(1, accepted)] == [acct.address]
     assert [r.node for r in box.reports_for(1, head)] == [acct.address]
     assert read == ["bb" * 8 + "-*.json", "aa" * 8 + "-*.json"]          # never the whole directory
     assert len(box.reports(1)) == 2                                      # the two-model report once
+
+
+def test_a_directory_box_reads_few_files_per_node_and_model_and_only_the_members(tmp_path):
+    """Anyone who can write the directory may flood it: with a node's name (at most
+    FILES_PER_NODE files per node and model are read, the lowest body hashes first — the one
+    verified_reports keeps) or under invented names (never opened once the reader names the
+    task's members). What a box keeps parsed stays bounded however many rounds go by."""
+    from chainfl.agents.reports import CACHED_PATTERNS, FILES_PER_NODE, verified_reports
+
+    alice, bob = Account.create(), Account.create()
+    model = "0x" + "ab" * 32
+    box = DirectoryReportBox(tmp_path)
+    signed = [NodeReport(1, alice.address, {model: score_histogram(np.array([0.1 * k % 1, 0.9]), np.array([0, 1]))})
+              .signed(alice) for k in range(1, 13)]
+    for r in signed:
+        box.put(r)
+    folder = tmp_path / "task-1"
+    for k in range(40):                                   # a flood under invented names
+        (folder / f"{model[2:18]}-0xinvented{k:02d}-{k:016x}.json").write_text("{not json")
+    os.mkfifo(folder / f"{model[2:18]}-0xfifo-1.json")
+    got = box.reports_for(1, model, [alice.address, bob.address])
+    assert len(got) == FILES_PER_NODE
+    lowest = min(signed, key=lambda r: hashlib.sha256(r.body()).digest())
+    assert verified_reports(got, 1, [alice.address], model) == [lowest]
+    assert all(alice.address.lower() in name for name, _, _ in box._cache[f"{model[2:18]}-*.json"])
+    for round_ in range(10):
+        box.peer_reports(1, round_, [alice.address])
+    assert len(box._cache) <= CACHED_PATTERNS

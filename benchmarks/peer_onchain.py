@@ -33,7 +33,7 @@ def _one(job: dict) -> dict:
     cfg = RunConfig(mode="federated", nodes=job["nodes"], dataset="eth_fraud", partition="dirichlet",
                     alpha=job["alpha"], model="mlp", strategy="fedavg", rounds=job["rounds"], seed=job["seed"],
                     stop_patience=0, attack=job["attack"], malicious_fraction=job["fraction"] or 0.2,
-                    peer=job["peer"])
+                    peer=job["peer"], peer_metric=job["metric"] if job["peer"] else None)
     res = run_job(cfg, out=Path(job["home"]) / "run", progress=False)
     bad = [r for r in res.per_node if r["malicious"]]
     good = [r for r in res.per_node if not r["malicious"]]
@@ -58,13 +58,16 @@ def main(argv=None) -> int:
     p.add_argument("--nodes", type=int, default=50)
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--metric", choices=["loss", "auc", "auc+loss"], default=None,
+                   help="the peer rule's score (--peer-metric; default: the spec default, loss)")
+    p.add_argument("--peer-only", action="store_true", help="skip the runs without peers")
     p.add_argument("--name", default="peer_onchain")
     p.add_argument("--results-dir", type=Path, default=None)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp:
         jobs = [{"seed": s, "attack": a, "fraction": f, "peer": peer, "rounds": args.rounds, "nodes": args.nodes,
-                 "alpha": args.alpha, "home": str(Path(tmp) / f"{s}-{a}-{f}-{int(peer)}")}
-                for s in args.seeds for a, f in SCENARIOS for peer in (False, True)]
+                 "alpha": args.alpha, "metric": args.metric, "home": str(Path(tmp) / f"{s}-{a}-{f}-{int(peer)}")}
+                for s in args.seeds for a, f in SCENARIOS for peer in ((True,) if args.peer_only else (False, True))]
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
             runs = []
             for r in pool.map(_one, jobs):
@@ -81,9 +84,11 @@ def main(argv=None) -> int:
             if not rs:
                 continue
             f1 = statistics.mean(r["f1"] for r in rs)
-            base = statistics.mean(clean[(r["seed"], False)] for r in rs if (r["seed"], False) in clean)
+            base = statistics.mean(clean.get((r["seed"], False), clean.get((r["seed"], True))) for r in rs
+                                   if (r["seed"], False) in clean or (r["seed"], True) in clean)
             be = [r["bad_excluded"] for r in rs if r["bad_excluded"] is not None]
-            rows.append([a if a == "none" else f"{a} {f:.0%}", "peer validation" if peer else "none", f"{f1:.3f}",
+            rows.append([a if a == "none" else f"{a} {f:.0%}", (f"peer validation ({args.metric or 'loss'})" if peer
+                                                                else "none"), f"{f1:.3f}",
                          f"{statistics.mean(r['pr_auc'] for r in rs):.3f}", f"{100 * (f1 - base):+.1f}",
                          f"{100 * statistics.mean(be):.1f} %" if be else "–",
                          f"{100 * statistics.mean(r['honest_excluded'] for r in rs):.1f} %",
@@ -92,7 +97,8 @@ def main(argv=None) -> int:
                          f"{sum(r['recomputed'] for r in rs)}/{sum(r['rounds'] for r in rs)}"])
     table = Table(f"federated mlp (FedAvg), eth_fraud, {args.nodes} nodes, Dirichlet alpha={args.alpha}, "
                   f"{args.rounds} rounds, seeds {args.seeds}; malicious nodes also invert their peer scores",
-                  ["attack", "defence", "F1", "PR-AUC", "F1 points vs clean (no peer)",
+                  ["attack", "defence", "F1", "PR-AUC",
+                   "F1 points vs clean (with peers)" if args.peer_only else "F1 points vs clean (no peer)",
                    "malicious updates excluded", "honest updates excluded", "s / round (training)", "audit",
                    "rounds re-decided by the audit"], rows)
     write_results(args.name, "Peer validation on chain (federated mlp)", [table],

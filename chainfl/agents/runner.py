@@ -98,6 +98,7 @@ class RunConfig:
     reuse_data: str | None = None    # a previous run directory: reuse its simulations (no new transactions)
     round_seconds: int = 600         # federated deadline after a round opens
     peer: bool = False               # federated networks: peer validation of every round's updates
+    peer_metric: str | None = None   # with peer: the score its rule reads (None: peer_spec's default, loss)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -119,6 +120,8 @@ class RunConfig:
         if self.peer and (self.mode != "federated" or self.model_kind in ("gbdt", "newton")):
             raise ConfigError("--peer validates the updates of federated network tasks: use --mode federated with "
                               "--model mlp or logreg (a gbdt task screens its histograms by label consistency)")
+        if self.peer_metric is not None and not self.peer:
+            raise ConfigError("--peer-metric chooses the score of peer validation: add --peer")
         unknown = [k for k in attack_kinds(self.attack) if k not in ATTACKS]
         if unknown or (len(attack_kinds(self.attack)) > 1 and "none" in attack_kinds(self.attack)):
             raise ConfigError(f"unknown attack {self.attack!r}; use one of {', '.join(ATTACKS)}, or several "
@@ -437,7 +440,7 @@ def run_job(cfg: RunConfig, out: Path | None = None, *, progress: bool = True) -
                           epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, strategy=cfg.strategy,
                           gate=cfg.gate, seed=cfg.seed, round_seconds=cfg.round_seconds,
                           fetch_patience=IN_PROCESS_FETCH_PATIENCE, stopping=stopping_settings(cfg.stop_patience),
-                          peer={} if cfg.peer else None)
+                          peer=({} if cfg.peer_metric is None else {"metric": cfg.peer_metric}) if cfg.peer else None)
         attackers = assign_attacks(cfg.nodes, cfg.attack, cfg.malicious_fraction, cfg.seed)
         malicious = sorted(i for i, kind in attackers.items() if kind != "outsider")
         # outsiders: registered members that are not nodes of the task, trying to submit anyway

@@ -99,6 +99,9 @@ def _f(v) -> str:
               help="Federated mlp/logreg: peer validation - every node scores every other node's update on its own "
                    "validation rows and signs the scores; updates the peers' median scores clearly worse are left "
                    "out (recorded as evidence on chain, re-decided by the audit).")
+@click.option("--peer-metric", type=click.Choice(["loss", "auc", "auc+loss"]), default=None,
+              help="With --peer: the score its rule reads - per-class log-loss gains (loss, the default), ROC-AUC "
+                   "gains (auc), or both, each scaled by its round's median |score| (auc+loss).")
 @click.option("--partition", "partition_", type=click.Choice(["iid", "dirichlet", "quantity", "blocks"]),
               default="iid", show_default=True)
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Dirichlet/quantity concentration.")
@@ -146,7 +149,7 @@ def _f(v) -> str:
 @rpc_option
 @store_option
 @json_option
-def run_cmd(mode, nodes, rounds, stop_patience, strategy, no_gate, peer, partition_, alpha, attack, malicious_fraction, data_path,
+def run_cmd(mode, nodes, rounds, stop_patience, strategy, no_gate, peer, peer_metric, partition_, alpha, attack, malicious_fraction, data_path,
             label, features, drop, features_file, fill, max_rows, max_bytes, test_fraction, val_fraction,
             dataset, accounts, eval_accounts, epochs, lr, model, seed, registry_address, out, quiet, rpc,
             store, as_json):
@@ -162,7 +165,7 @@ def run_cmd(mode, nodes, rounds, stop_patience, strategy, no_gate, peer, partiti
         raise click.UsageError("use either --data CSV or --dataset, not both")
     source = "csv" if data_path else (dataset or "simulate")
     cfg = RunConfig(mode=mode, nodes=nodes, rounds=rounds, stop_patience=stop_patience, strategy=strategy, gate=not no_gate,
-                    peer=peer, partition=partition_, alpha=alpha,
+                    peer=peer, peer_metric=peer_metric, partition=partition_, alpha=alpha,
                     attack=",".join("gaussian-noise" if k.strip() == "noise" else k.strip() for k in attack.split(",")),
                     malicious_fraction=malicious_fraction, dataset=source, data=data_path, label=label,
                     features=names(features), drop=names(drop) or (), features_file=features_file, fill=fill,

@@ -177,6 +177,20 @@ def test_peer_validation_is_for_federated_network_tasks(peer_world):
     assert world.spec("federated", rounds=1).peer == {}
     spec = _spec(world)
     assert spec.peer["metric"] == "loss" and spec.peer["tolerance"] == 0.5 and spec.peer["seconds"] == 30
+    assert peer_spec({"metric": "auc+loss"})["metric"] == "auc+loss" and peer_spec({})["tolerance"] == 3.0
+
+
+def test_run_config_peer_metric_needs_peer_and_a_known_metric():
+    from click.testing import CliRunner
+
+    from chainfl.agents.runner import RunConfig
+    from chainfl.cli import main
+
+    with pytest.raises(ConfigError, match="add --peer"):
+        RunConfig(mode="federated", model="mlp", peer_metric="auc")
+    assert RunConfig(mode="federated", model="mlp", peer=True, peer_metric="auc+loss").peer_metric == "auc+loss"
+    out = CliRunner().invoke(main, ["run", "--mode", "federated", "--peer", "--peer-metric", "median"])
+    assert out.exit_code != 0 and "auc+loss" in out.output
 
 
 def test_peer_reports_travel_through_a_shared_directory(peer_world, tmp_path):

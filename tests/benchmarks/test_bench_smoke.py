@@ -323,7 +323,7 @@ def test_peer_onchain_tiny(tmp_path, real_data_dir):
     assert all(r["honest_excluded"] == 0 and not r["bad_excluded"] for r in runs if not r["peer"])
     boosted = next(r for r in runs if r["peer"] and r["attack"] == "boosted")
     assert boosted["bad_excluded"] >= 0.5 and boosted["peer_reports_per_round"] == 10
-    assert "| boosted 20% | peer validation |" in (tmp_path / "peer_onchain.md").read_text()
+    assert "| boosted 20% | peer validation (loss) |" in (tmp_path / "peer_onchain.md").read_text()
 
 
 def test_gbdt_rounds_tiny(tmp_path, real_data_dir):
@@ -361,3 +361,13 @@ def test_gbdt_defence_quick(tmp_path, real_data_dir):
             else:
                 assert r["n_bad"] == 0 and r["excluded_bad"] is None
     assert "| flipper rows excluded |" in (tmp_path / "gbdt_defence.md").read_text()
+
+
+def test_peer_onchain_metric_and_peer_only(tmp_path, real_data_dir):
+    proc = run_script("peer_onchain", "--seeds", "0", "--nodes", "8", "--rounds", "1", "--workers", "1",
+                      "--metric", "auc+loss", "--peer-only", "--results-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads((tmp_path / "peer_onchain.json").read_text())["extra"]["runs"]
+    assert len(runs) == 4 and all(r["peer"] and r["audit_ok"] for r in runs)
+    text = (tmp_path / "peer_onchain.md").read_text()
+    assert "| none | peer validation (auc+loss) |" in text and "F1 points vs clean (with peers)" in text

@@ -127,7 +127,7 @@ class DirectoryReportBox:
 
     def __init__(self, directory):
         self.directory = Path(directory)
-        self._cache: OrderedDict[str, dict[tuple, object]] = OrderedDict()   # pattern -> parsed files
+        self._cache: OrderedDict[tuple, dict[tuple, object]] = OrderedDict()   # (task, pattern) -> parsed files
 
     def put(self, report: NodeReport) -> None:
         body = hashlib.sha256(report.body()).hexdigest()[:16]
@@ -184,25 +184,28 @@ class DirectoryReportBox:
         """The reports in the files of ``pattern`` (``-``-separated names, the node's address at
         ``node_field``), read so that nobody with write access to the directory can stall or
         exhaust a reader: regular files only, at most ``cap`` bytes read of each and nesting
-        checked before parsing, at most :data:`FILES_PER_NODE` files per node name (in name
-        order), only names of ``nodes`` when given (a flood under invented names is never
-        opened), each file parsed once while it is unchanged (name, size, mtime) and the parsed
-        files of the last :data:`CACHED_PATTERNS` patterns kept — memory bounded by the task."""
+        checked before parsing, at most :data:`FILES_PER_NODE` files per node name (and model
+        prefix: threshold reports; in name order), only names of ``nodes`` when given (a flood
+        under invented names is never opened), each file parsed once while it is unchanged (name,
+        size, mtime) and the parsed files of the last :data:`CACHED_PATTERNS` patterns kept —
+        memory bounded by the task. (Listing the folder still costs time in its number of
+        entries: a shared directory is for parties that do not flood it by the million.)"""
         folder = self.directory / f"task-{task_id}"
         members = None if nodes is None else {n.lower() for n in nodes}
         threshold_files = not pattern.startswith("peer-")
-        previous = self._cache.pop(pattern, {})
+        previous = self._cache.pop((task_id, pattern), {})
         kept: dict[tuple, object] = {}
-        per_node: dict[str, int] = {}
+        per_node: dict[tuple[str, str], int] = {}
         out = []
         for path in sorted(folder.glob(pattern)) if folder.is_dir() else []:
             parts = path.name.split("-")
             if threshold_files and parts[0] == "peer":
                 continue                          # peer reports: peer_reports()
             node = parts[node_field] if len(parts) > node_field + 1 else ""
-            if (members is not None and node not in members) or per_node.get(node, 0) >= FILES_PER_NODE:
+            slot = (parts[0], node)                   # threshold reports: per model prefix and node
+            if (members is not None and node not in members) or per_node.get(slot, 0) >= FILES_PER_NODE:
                 continue
-            per_node[node] = per_node.get(node, 0) + 1
+            per_node[slot] = per_node.get(slot, 0) + 1
             try:
                 st = path.lstat()
                 if not stat.S_ISREG(st.st_mode) or st.st_size > cap:
@@ -217,7 +220,7 @@ class DirectoryReportBox:
                 out.append(kept[key])
             except (OSError, ValueError, AgentError, MemoryError, RecursionError) as e:
                 log.warning("ignoring unreadable report %s: %s", path, type(e).__name__)
-        self._cache[pattern] = kept
+        self._cache[(task_id, pattern)] = kept
         while len(self._cache) > CACHED_PATTERNS:
             self._cache.popitem(last=False)
         return out

@@ -86,7 +86,7 @@ def test_a_directory_box_reads_few_files_per_node_and_model_and_only_the_members
     assert len(got) == FILES_PER_NODE
     lowest = min(signed, key=lambda r: hashlib.sha256(r.body()).digest())
     assert verified_reports(got, 1, [alice.address], model) == [lowest]
-    assert all(alice.address.lower() in name for name, _, _ in box._cache[f"{model[2:18]}-*.json"])
+    assert all(alice.address.lower() in name for name, _, _ in box._cache[(1, f"{model[2:18]}-*.json")])
     for round_ in range(10):
         box.peer_reports(1, round_, [alice.address])
     assert len(box._cache) <= CACHED_PATTERNS

@@ -85,3 +85,13 @@ def test_signed_statistics_commit_each_node_to_its_row_count(tmp_path, chainfl_h
         stats_for_nodes(entries[:1] + entries[:1], nodes)
     with pytest.raises(ConfigError, match="missing for"):
         stats_for_nodes(entries, [nodes[0], derive_account(mnemonic, 3).address])
+
+
+def test_the_coordinator_records_the_peer_metric_it_is_given(stats_files, tmp_path):
+    task_file = tmp_path / "task.json"
+    out = _coordinate(stats_files, task_file, "--peer", "--peer-metric", "auc+loss", "--peer-seconds", "7",
+                      "--reports", str(tmp_path / "reports"))
+    assert out.exit_code == 1 and "not finished after 1 s" in out.output, out.output
+    audit = CliRunner().invoke(main, ["audit", "--task", "1", "--json"])
+    spec = json.loads(audit.output[audit.output.index("{"):])["spec"]
+    assert spec["peer"]["metric"] == "auc+loss" and spec["peer"]["seconds"] == 7

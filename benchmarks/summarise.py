@@ -211,6 +211,8 @@ OTHERS = [("seed_scenario", "python -m benchmarks.seed_scenario", "The seed's sc
           ("csv_memory", "python -m benchmarks.csv_memory", "Memory of node stats / load_csv / data prepare"),
           ("chained_newton", "python -m benchmarks.chained_newton", "Chained mode with the newton model"),
           ("peer_onchain", "python -m benchmarks.peer_onchain", "Peer validation on chain (federated mlp)"),
+          ("peer_onchain_aucloss", "python -m benchmarks.peer_onchain --metric auc+loss --peer-only "
+                                   "--name peer_onchain_aucloss", "Peer validation on chain with the auc+loss score"),
           ("gbdt_rounds", "python -m benchmarks.gbdt_rounds", "Trees for the default gbdt on the default job's split")]
 
 #: which tables of a results file each question copies (heading keywords; empty = first table)

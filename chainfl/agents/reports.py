@@ -136,9 +136,18 @@ class DirectoryReportBox:
 
     def put_peer(self, report) -> None:
         """A peer report as ``task-<id>/peer-<round>-<node>-<body hash>.json`` (flat: no folder
-        name for anyone to squat)."""
-        body = hashlib.sha256(report.body()).hexdigest()[:16]
-        self._write(report, [f"peer-{int(report.round)}-{report.node.lower()}-{body}.json"])
+        name for anyone to squat). It supersedes the node's earlier reports of the round (a node
+        re-sends when more updates arrive), which are removed: however often it re-sends, its
+        newest report stays within the :data:`FILES_PER_NODE` files a reader looks at."""
+        prefix = f"peer-{int(report.round)}-{report.node.lower()}-"
+        name = f"{prefix}{hashlib.sha256(report.body()).hexdigest()[:16]}.json"
+        self._write(report, [name])
+        for old in (self.directory / f"task-{report.task_id}").glob(f"{prefix}*.json"):
+            if old.name != name:
+                try:
+                    old.unlink()
+                except OSError:               # gone already, or not ours to remove: readers cap it anyway
+                    pass
 
     def _write(self, report, names) -> None:
         """``report`` as JSON under each of ``names`` in its task's folder, each written atomically."""

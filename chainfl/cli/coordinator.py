@@ -48,9 +48,9 @@ def _write_atomic(path: str, obj) -> None:
                    "updates on their validation rows and sign the scores; needs --reports shared with the nodes).")
 @click.option("--peer-seconds", type=click.IntRange(1), default=120, show_default=True,
               help="With --peer: chain seconds to wait for the nodes' peer reports once a round is ready to end.")
-@click.option("--peer-metric", type=click.Choice(["loss", "auc", "auc+loss"]), default="loss", show_default=True,
-              help="With --peer: the score its rule reads - per-class log-loss gains, ROC-AUC gains, or both (each "
-                   "scaled by its round's median |score|).")
+@click.option("--peer-metric", type=click.Choice(["loss", "auc", "auc+loss"]), default=None,
+              help="With --peer: the score its rule reads - per-class log-loss gains (loss, the default), ROC-AUC "
+                   "gains (auc), or both, each scaled by its round's median |score| (auc+loss).")
 @click.option("--epochs", type=int, default=2, show_default=True)
 @click.option("--hidden", default="32,16", show_default=True, help="Hidden layer widths of the MLP.")
 @click.option("--model", type=click.Choice(["auto", "gbdt", "newton", "mlp", "logreg"]), default="auto", show_default=True,
@@ -131,7 +131,8 @@ def run_cmd(mode, nodes, stats_files, rounds, stop_patience, strategy, no_gate, 
                               epochs=epochs, strategy=strategy, gate=not no_gate, seed=seed,
                               round_seconds=round_seconds, quorum=quorum, turn_seconds=turn_timeout,
                               fetch_patience=fetch_patience, stopping=stopping_settings(stop_patience),
-                              peer={"seconds": peer_seconds, "metric": peer_metric} if peer else None)
+                              peer=({"seconds": peer_seconds} | ({"metric": peer_metric} if peer_metric else {}))
+                              if peer else None)
             if peer and not reports_dir:
                 raise click.UsageError("--peer needs --reports DIR shared with the nodes (their signed peer reports "
                                        "travel there)")

@@ -90,3 +90,21 @@ def test_a_directory_box_reads_few_files_per_node_and_model_and_only_the_members
     for round_ in range(10):
         box.peer_reports(1, round_, [alice.address])
     assert len(box._cache) <= CACHED_PATTERNS
+
+
+def test_a_node_that_re_sends_its_peer_report_keeps_one_file_and_the_newest_is_read(tmp_path):
+    """A node re-sends its round's peer report each time more updates arrive; were the old files
+    kept, more than FILES_PER_NODE re-sends would push its newest report out of what is read."""
+    from chainfl.agents.peerreports import PeerReport
+    from chainfl.agents.reports import FILES_PER_NODE
+
+    alice = Account.create()
+    box = DirectoryReportBox(tmp_path)
+    base = "0x" + "11" * 32
+    sent = []
+    for k in range(FILES_PER_NODE + 4):
+        scores = {"0x" + f"{j:02x}" * 32: [0.0, 0.0, -0.1 * j, 1.0, 0.0, 0.0] for j in range(k + 1)}
+        sent.append(PeerReport(1, 2, base, alice.address, scores).signed(alice))
+        box.put_peer(sent[-1])
+    assert len(list((tmp_path / "task-1").glob("peer-2-*.json"))) == 1
+    assert box.peer_reports(1, 2, [alice.address]) == [sent[-1]]
